@@ -1,0 +1,30 @@
+"""dbtutor: DreamBooth with prior preservation, taught step by step and runnable on a CPU."""
+from .config import DEFAULT_CONFIG, ROOT, load_config
+from .data import DreamBoothDataset, collate, load_image, preprocess, scan_images
+from .errors import ConfigError, DataError, DBTutorError, TrainingError
+from .latent_cache import cache_latents
+from .pipeline import load_pipeline, pick_device, sample
+from .regularization import generate_regularization
+from .train import TrainResult, dreambooth_loss, train
+
+__version__ = "0.1.0"
+
+
+def cache_subject_latents(cfg, pipe=None) -> dict:
+    """Encode (or reuse) the latents of the instance and class folders named in cfg; returns {'instance', 'regularization'}."""
+    from .config import cached_dirs
+    pipe = pipe or load_pipeline(cfg.model.pretrained)
+    d = cfg.model.data
+    inst_dir, reg_dir = cached_dirs(cfg)
+    out = {"instance": cache_latents(scan_images(d.instance_dir, "model.data.instance_dir"), inst_dir, pipe.vae,
+                                     d.resolution, d.center_crop)}
+    if cfg.model.with_prior_preservation:
+        out["regularization"] = cache_latents(scan_images(d.regularization_dir, "model.data.regularization_dir"),
+                                              reg_dir, pipe.vae, d.resolution, d.center_crop)
+    return out
+
+
+__all__ = ["load_config", "generate_regularization", "cache_latents", "cache_subject_latents", "train", "sample",
+           "load_pipeline", "pick_device", "dreambooth_loss", "DreamBoothDataset", "collate", "load_image",
+           "preprocess", "scan_images", "TrainResult", "DBTutorError", "ConfigError", "DataError", "TrainingError",
+           "ROOT", "DEFAULT_CONFIG"]

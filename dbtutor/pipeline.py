@@ -1,0 +1,102 @@
+"""Load a Stable Diffusion pipeline (local folder or hub id) in float32, and sample from it in seeded batches."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+
+SCHEDULERS = {"dpm": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
+              "euler": "EulerDiscreteScheduler"}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda, else mps, else cpu."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is available; use trainer.device=auto")
+    return torch.device(device)
+
+
+def check_pretrained(pretrained: str) -> None:
+    """Fail fast, in one line, if model.pretrained is neither a pipeline folder nor reachable on the Hub."""
+    p = Path(str(pretrained)).expanduser()
+    if p.exists():
+        if not (p / "model_index.json").exists():
+            raise ConfigError(f"model.pretrained={pretrained} is a folder without model_index.json: "
+                              "point it at a diffusers Stable Diffusion pipeline folder")
+        return
+    if str(pretrained).startswith((".", "/", "~")) or os.sep in str(pretrained).strip("/").replace("/", "", 1):
+        raise ConfigError(f"model.pretrained={pretrained}: no such folder")
+    try:
+        from huggingface_hub import hf_hub_download
+        hf_hub_download(str(pretrained), "model_index.json")
+    except Exception as e:
+        raise ConfigError(f"model.pretrained={pretrained} is neither a local folder nor reachable on the Hugging Face "
+                          f"Hub ({type(e).__name__}); use a local pipeline folder such as data/models/toyworld") from None
+
+
+def load_pipeline(pretrained: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """StableDiffusionPipeline.from_pretrained, every component cast to `dtype` (float32 by default), no safety checker.
+
+    transformers keeps a text encoder stored in fp16 in fp16; a float32 UNet on a CPU then fails, so we cast."""
+    from diffusers import StableDiffusionPipeline
+    check_pretrained(pretrained)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = StableDiffusionPipeline.from_pretrained(str(pretrained), safety_checker=None, feature_extractor=None,
+                                                       requires_safety_checker=False, torch_dtype=dtype)
+    for name in ("unet", "vae", "text_encoder"):
+        module = getattr(pipe, name)
+        if next(module.parameters()).dtype != dtype:
+            module.to(dtype=dtype)
+        module.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def set_scheduler(pipe, name: str = "dpm"):
+    """Swap the pipeline's sampler, keeping the checkpoint's noise schedule and prediction type."""
+    import diffusers
+    if name not in SCHEDULERS:
+        raise ConfigError(f"model.sampling.scheduler={name} is not one of {', '.join(SCHEDULERS)}")
+    cls = getattr(diffusers, SCHEDULERS[name])
+    if type(pipe.scheduler).__name__ != cls.__name__:
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    return pipe
+
+
+@torch.no_grad()
+def sample(pipe, prompts: list[str] | str, seeds: list[int] | int = 0, num_inference_steps: int = 20,
+           guidance_scale: float = 5.0, scheduler: str | None = "dpm", batch_size: int = 25, negative_prompt=None):
+    """One image per (prompt, seed) pair, generated in batches; each image depends only on its own seed.
+
+    `prompts` and `seeds` are broadcast: one prompt with many seeds, or one seed per prompt."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if isinstance(seeds, int):
+        seeds = [seeds + i for i in range(len(prompts))] if len(prompts) > 1 else [seeds]
+    if len(prompts) == 1 and len(seeds) > 1:
+        prompts = prompts * len(seeds)
+    if len(prompts) != len(seeds):
+        raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds")
+    if scheduler:
+        set_scheduler(pipe, scheduler)
+    device = pipe.unet.device
+    images = []
+    for i in range(0, len(prompts), batch_size):
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i:i + batch_size]]
+        shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+        latents = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, pipe.unet.dtype)
+        out = pipe(prompts[i:i + batch_size], num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                   latents=latents, negative_prompt=negative_prompt and [negative_prompt] * len(gens))
+        images += out.images
+    return images

@@ -1,0 +1,90 @@
+"""Matplotlib figures of the course: labelled image grids, loss curves, with/without prior preservation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def image_grid(images, rows: int = 1, row_labels=None, col_labels=None, title=None, scale: float = 1.2):
+    """A figure with `images` (PIL or HxWx3 arrays) laid out in `rows` rows, labelled on the left and on top."""
+    n = len(images)
+    cols = max(1, -(-n // rows))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * scale + (2.2 if row_labels else 0), rows * scale + 0.5),
+                             squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for s in ax.spines.values():
+            s.set_visible(False)
+        if k < n:
+            ax.imshow(np.asarray(images[k]))
+    for r, label in enumerate(row_labels or []):
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    for c, label in enumerate(col_labels or []):
+        axes[0, c].set_title(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path):
+    from .fileio import atomic_path
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path
+
+
+def save_grid(images, path, rows=1, row_labels=None, col_labels=None, title=None):
+    return save_figure(image_grid(images, rows, row_labels, col_labels, title), path)
+
+
+def loss_curves(histories: dict, smooth: int = 20):
+    """Instance and prior loss per step for one or more runs: {'with prior': history, ...}."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    for name, hist in histories.items():
+        steps = [h["step"] for h in hist]
+        for ax, key in zip(axes, ("instance_loss", "prior_loss")):
+            v = np.array([h[key] for h in hist], dtype=float)
+            if smooth > 1 and len(v) >= smooth:
+                v = np.convolve(v, np.ones(smooth) / smooth, mode="valid")
+                ax.plot(steps[smooth - 1:], v, label=name)
+            else:
+                ax.plot(steps, v, label=name)
+    for ax, key in zip(axes, ("instance loss", "prior loss")):
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"MSE (moving mean of {smooth})")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_grid(samples: dict, prompts: list[str], per_prompt: int, title=None):
+    """Blocks side by side, one per model ({'base': images, 'without prior': ..., 'with prior': ...}); each block
+    has one row per prompt with the same seeds, so differences come from the training alone."""
+    names = list(samples)
+    fig, axes = plt.subplots(len(prompts), len(names), figsize=(len(names) * per_prompt * 0.9 + 2.4,
+                                                                 len(prompts) * 1.0 + 0.8), squeeze=False)
+    for c, name in enumerate(names):
+        imgs = samples[name]
+        for r, p in enumerate(prompts):
+            row = [np.asarray(im) for im in imgs[r * per_prompt:(r + 1) * per_prompt]]
+            strip = np.concatenate([np.pad(x, ((1, 1), (1, 1), (0, 0)), constant_values=255) for x in row], axis=1)
+            ax = axes[r, c]
+            ax.imshow(strip)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(p, rotation=0, ha="right", va="center", fontsize=8)
+            if r == 0:
+                ax.set_title(name, fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,293 @@
+"""Train the embedded base model from scratch on the toy world: judge, VAE, then text encoder + UNet. Resumable.
+
+    python -m dbtutor.toyworld.pretrain --out data/models --work work/pretrain
+
+Each stage checkpoints atomically every few hundred steps into --work and skips itself when done, so an
+interrupted run continues where it stopped. Every random draw is derived from (seed, stage, step).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..fileio import atomic_path, load_torch, save_torch, write_json
+from . import judge as J
+from .models import make_noise_scheduler, make_pipeline_scheduler, make_text_encoder, make_unet, make_vae
+from .tokenizer import write_tokenizer
+from .world import LOOKS, Attrs, caption, render, sample_attrs
+
+STAGES = ("render", "judge", "vae", "latents", "unet", "export")
+
+
+# ----------------------------------------------------------------------------- data
+
+def _render_chunk(args):
+    seed, n, p_look = args
+    rng = np.random.default_rng(seed)
+    imgs, attrs = [], []
+    for _ in range(n):
+        look = "ordinary"
+        if p_look and rng.random() < p_look:
+            look = LOOKS[1 + rng.integers(len(LOOKS) - 1)]
+        a = sample_attrs(rng, look=look) if look != "ordinary" else sample_attrs(rng)
+        imgs.append(np.asarray(render(a, seed=int(rng.integers(2 ** 31)))))
+        attrs.append(a.to_dict())
+    return np.stack(imgs), attrs
+
+
+def render_set(path: Path, n: int, seed: int, p_look: float = 0.0, workers: int = 2):
+    """Render n images (uint8) + attributes to path.npy / path.json, in seeded chunks of 1000."""
+    if path.with_suffix(".json").exists():
+        return
+    chunks = [(seed * 100_003 + i, min(1000, n - i * 1000), p_look) for i in range(math.ceil(n / 1000))]
+    with Pool(workers) as pool:
+        parts = list(tqdm(pool.imap(_render_chunk, chunks), total=len(chunks), desc=f"render {path.name}"))
+    with atomic_path(path.with_suffix(".npy")) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.concatenate([p[0] for p in parts]))
+    write_json(path.with_suffix(".json"), [a for p in parts for a in p[1]])
+
+
+def load_set(path: Path):
+    attrs = [Attrs(**{**a, "hue": tuple(a["hue"])}) for a in json.loads(path.with_suffix(".json").read_text())]
+    return np.load(path.with_suffix(".npy")), attrs
+
+
+def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + STAGES.index(stage) * 100_000_007 + step)
+
+
+# ----------------------------------------------------------------------------- a resumable loop
+
+def train_loop(stage, work, steps, seed, params, modules, step_fn, lr, ckpt_every=250, ema=None, warmup=200):
+    """Generic AdamW loop with warmup + cosine decay, checkpoint/resume, and an optional EMA of `modules`."""
+    ckpt = work / f"{stage}.ckpt"
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warmup) *
+                                              (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1)))))
+    start = 0
+    if ckpt.exists():
+        state = load_torch(ckpt)
+        for name, m in modules.items():
+            m.load_state_dict(state["model"][name])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        if ema is not None:
+            ema.update({k: v for k, v in state["ema"].items()})
+        start = state["step"]
+        print(f"[{stage}] resuming from step {start}")
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, mininterval=10)
+    t0 = time.time()
+    for step in bar:
+        for m in modules.values():
+            m.train()
+        logs = step_fn(step_generator(seed, stage, step))
+        opt.zero_grad(set_to_none=True)
+        logs["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if ema is not None:
+            decay = min(0.999, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for name, m in modules.items():
+                    for k, v in m.state_dict().items():
+                        key = f"{name}.{k}"
+                        if v.dtype.is_floating_point:
+                            ema[key].mul_(decay).add_(v, alpha=1 - decay)
+                        else:
+                            ema[key].copy_(v)
+        bar.set_postfix({k: f"{float(v.detach()):.4f}" for k, v in logs.items()}, refresh=False)
+        if (step + 1) % ckpt_every == 0 or step + 1 == steps:
+            save_torch({"model": {n: m.state_dict() for n, m in modules.items()}, "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "step": step + 1, "ema": dict(ema) if ema is not None else {}},
+                       ckpt)
+            with open(work / "log.txt", "a") as f:
+                f.write(f"{stage} step {step + 1}/{steps} {time.time() - t0:.0f}s "
+                        + " ".join(f"{k}={float(v.detach()):.4f}" for k, v in logs.items()) + "\n")
+    return ema
+
+
+def ema_init(modules):
+    return {f"{n}.{k}": v.detach().clone() for n, m in modules.items() for k, v in m.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- stages
+
+def stage_judge(work, out, seed, steps):
+    if (out / "toyworld-judge" / "judge.safetensors").exists():
+        return
+    x, attrs = load_set(work / "judge_train")
+    xt, attrs_t = load_set(work / "judge_test")
+    labels = {k: torch.tensor([J.labels_of(a)[k] for a in attrs]) for k in J.HEADS}
+    judge = J.Judge()
+
+    def step_fn(g):
+        idx = torch.randint(len(x), (64,), generator=g)
+        xb = J.augment(J.to_tensor(x[idx.numpy()]), g)
+        if bool(torch.rand(1, generator=g) < 0.5):
+            xb = xb.flip(3)
+        logits = judge(xb)
+        losses = {k: F.cross_entropy(v, labels[k][idx], ignore_index=J.IGNORE) for k, v in logits.items()}
+        return {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}
+
+    train_loop("judge", work, steps, seed, list(judge.parameters()), {"judge": judge}, step_fn, lr=2e-3)
+    pred = J.predict(judge, xt)
+    acc = {}
+    for k in J.HEADS:
+        pairs = [(p, getattr(a, k)) for p, a in zip(pred[k], attrs_t) if J.labels_of(a)[k] != J.IGNORE]
+        acc[k] = sum(p == t for p, t in pairs) / len(pairs)
+    print("judge held-out accuracy:", json.dumps({k: round(v, 4) for k, v in acc.items()}))
+    J.save_judge(judge, out / "toyworld-judge", acc)
+
+
+def stage_vae(work, seed, steps, steps_full):
+    vae = make_vae()
+    x, _ = load_set(work / "world")
+
+    def step_fn(g):
+        step_full = bool(torch.rand(1, generator=g) < steps_full / steps)
+        idx = torch.randint(len(x), (32,), generator=g)
+        xb = J.to_tensor(x[idx.numpy()])
+        if not step_full:        # most steps on random 32x32 crops: 4x cheaper, the VAE is convolutional
+            i, j = torch.randint(0, 33, (2,), generator=g).tolist()
+            xb = xb[:, :, i:i + 32, j:j + 32]
+        post = vae.encode(xb).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        mse, l1 = F.mse_loss(rec, xb), F.l1_loss(rec, xb)
+        kl = post.kl().mean() / z[0].numel()
+        return {"loss": mse + l1 + 1e-4 * kl, "mse": mse.detach(), "kl": kl.detach()}
+
+    train_loop("vae", work, steps, seed, list(vae.parameters()), {"vae": vae}, step_fn, lr=1e-3)
+    return vae
+
+
+@torch.no_grad()
+def stage_latents(work, vae):
+    path = work / "latents.safetensors"
+    if path.exists():
+        return load_file(str(path))
+    x, _ = load_set(work / "world")
+    vae.eval()
+    means, logvars = [], []
+    for i in tqdm(range(0, len(x), 256), desc="encode latents"):
+        post = vae.encode(J.to_tensor(x[i:i + 256])).latent_dist
+        means.append(post.mean)
+        logvars.append(post.logvar)
+    lat = {"mean": torch.cat(means).contiguous(), "logvar": torch.cat(logvars).contiguous()}
+    sample = lat["mean"][:4096] + (0.5 * lat["logvar"][:4096]).exp() * torch.randn_like(lat["mean"][:4096])
+    lat["scaling_factor"] = torch.tensor(1.0 / float(sample.std()))
+    with atomic_path(path) as tmp:
+        save_file(lat, str(tmp))
+    return lat
+
+
+def stage_unet(work, seed, steps, lat, tokenizer):
+    _, attrs = load_set(work / "world")
+    te, unet = make_text_encoder(), make_unet()
+    modules = {"text_encoder": te, "unet": unet}
+    noise_sched = make_noise_scheduler()
+    scale = float(lat["scaling_factor"])
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+
+    def step_fn(g):
+        idx = torch.randint(len(attrs), (32,), generator=g)
+        rng = np.random.default_rng(int(torch.randint(2 ** 31, (1,), generator=g)))
+        caps = [caption(attrs[i], rng) for i in idx.tolist()]
+        ids = tokenizer(caps, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        drop = torch.rand(32, generator=g) < 0.1                      # classifier-free guidance dropout
+        ids[drop] = empty
+        mean, logvar = lat["mean"][idx], lat["logvar"][idx]
+        z = (mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=g)) * scale
+        noise = torch.randn(z.shape, generator=g)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (32,), generator=g)
+        pred = unet(noise_sched.add_noise(z, noise, t), t, te(ids)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        return {"loss": loss}
+
+    ema = train_loop("unet", work, steps, seed, [p for m in modules.values() for p in m.parameters()], modules,
+                     step_fn, lr=3e-4, ema=ema_init(modules))
+    for name, m in modules.items():
+        m.load_state_dict({k[len(name) + 1:]: v for k, v in ema.items() if k.startswith(name + ".")})
+    return te, unet
+
+
+def export(out, vae, te, unet, tokenizer, scale):
+    from diffusers import StableDiffusionPipeline
+    vae.register_to_config(scaling_factor=scale)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tokenizer, unet=unet,
+                                   scheduler=make_pipeline_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    tmp = out / ".toyworld.tmp"
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    for name in ("vocab.json", "merges.txt", "LICENSE-open_clip.txt"):   # slow-tokenizer files, for any transformers
+        shutil.copy(Path(tokenizer.name_or_path) / name, tmp / "tokenizer" / name)
+    (tmp / "README.md").write_text(MODEL_CARD)
+    final = out / "toyworld"
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    print(f"saved the pipeline to {final}")
+
+
+MODEL_CARD = """# toyworld: dbtutor's embedded base model
+
+A tiny latent text-to-image model in the diffusers Stable Diffusion format (VAE 64x64x3 <-> 16x16x4, a 3-layer
+CLIP text encoder over the real CLIP BPE vocabulary, an SD-style UNet, scaled-linear DDPM noise schedule),
+trained from scratch by `python -m dbtutor.toyworld.pretrain` on images rendered by `dbtutor.toyworld.world`.
+Load it with `StableDiffusionPipeline.from_pretrained(this_folder)`. Tokenizer files: see tokenizer/LICENSE-open_clip.txt.
+"""
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("data/models"))
+    ap.add_argument("--work", type=Path, default=Path("work/pretrain"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-images", type=int, default=40_000)
+    ap.add_argument("--judge-images", type=int, default=24_000)
+    ap.add_argument("--judge-steps", type=int, default=2500)
+    ap.add_argument("--vae-steps", type=int, default=3000)
+    ap.add_argument("--vae-full-steps", type=int, default=300, help="of --vae-steps, how many at 64 px (rest: 32 px crops)")
+    ap.add_argument("--unet-steps", type=int, default=4500)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    torch.manual_seed(args.seed)
+    render_set(args.work / "world", args.n_images, seed=args.seed + 1)
+    render_set(args.work / "judge_train", args.judge_images, seed=args.seed + 2, p_look=0.2)
+    render_set(args.work / "judge_test", 3000, seed=args.seed + 3, p_look=0.2)
+    torch.manual_seed(args.seed)
+    stage_judge(args.work, args.out, args.seed, args.judge_steps)
+    torch.manual_seed(args.seed)
+    vae = stage_vae(args.work, args.seed, args.vae_steps, args.vae_full_steps)
+    lat = stage_latents(args.work, vae)
+    tok_dir = args.work / "tokenizer"
+    tokenizer = write_tokenizer(tok_dir) if not (tok_dir / "vocab.json").exists() else None
+    from transformers import CLIPTokenizer
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(args.seed)
+    te, unet = stage_unet(args.work, args.seed, args.unet_steps, lat, tokenizer)
+    export(args.out, vae, te, unet, tokenizer, float(lat["scaling_factor"]))
+    print(f"pretraining done in {(time.time() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

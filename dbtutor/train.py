@@ -1,0 +1,245 @@
+"""Prior-preservation training: the DreamBooth loop, with checkpoints, resume and a loss history."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .config import cached_dirs
+from .data import DreamBoothDataset, collate, scan_images
+from .errors import ConfigError, TrainingError
+from .latent_cache import cache_latents
+from .pipeline import check_pretrained, load_pipeline, pick_device
+from .regularization import generate_regularization
+
+
+def dreambooth_loss(model_pred, target, with_prior_preservation=True, prior_loss_weight=1.0):
+    """NeMo's loss, exactly: the batch is [instance..., prior...]; returns (loss, instance_loss, prior_loss)."""
+    if not with_prior_preservation:
+        loss = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
+        return loss, loss, torch.zeros_like(loss)
+    model_pred, model_pred_prior = torch.chunk(model_pred, 2, dim=0)
+    target, target_prior = torch.chunk(target, 2, dim=0)
+    loss = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
+    prior_loss = F.mse_loss(model_pred_prior.float(), target_prior.float(), reduction="mean")
+    return loss + prior_loss * prior_loss_weight, loss, prior_loss
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    history: list[dict] = field(default_factory=list)   # per step: step, loss, instance_loss, prior_loss, lr
+    seconds: float = 0.0
+    pipe: object = None                                  # the trained pipeline, ready to sample
+
+
+def preflight(cfg):
+    """Every check that needs no model: runs before any heavy work. Returns the usable instance images."""
+    d = cfg.model.data
+    check_pretrained(cfg.model.pretrained)
+    paths = scan_images(d.instance_dir, "model.data.instance_dir")
+    if cfg.trainer.precision == "16" and pick_device(cfg.trainer.device).type != "cuda":
+        raise ConfigError("trainer.precision=16 needs a CUDA GPU; on a CPU use 32 or bf16")
+    return paths
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """All randomness of a step comes from (seed, step): a resumed run draws exactly what an unbroken one does."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def lr_lambda(cfg):
+    o, total = cfg.optim, max(cfg.trainer.max_steps, 1)
+
+    def f(step):
+        warm = min(1.0, (step + 1) / max(o.warmup_steps, 1))
+        if o.lr_scheduler == "cosine":
+            return warm * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
+        return warm
+    return f
+
+
+class LatentSource:
+    """Latents for a list of image indices: sampled from the cache, or encoded online from pixels."""
+
+    def __init__(self, cfg, paths, cache_dir, vae, accelerator):
+        self.vae, self.cfg = vae, cfg
+        d = cfg.model.data
+        self.n = len(paths)
+        self.cached = cfg.model.use_cached_latents
+        if self.cached:
+            if accelerator.is_main_process:          # one writer; the others wait, then read a complete cache
+                cache_latents(paths, cache_dir, vae, d.resolution, d.center_crop)
+            accelerator.wait_for_everyone()
+            c = cache_latents(paths, cache_dir, vae, d.resolution, d.center_crop)
+            self.mean, self.logvar = c["mean"].to(vae.device), c["logvar"].to(vae.device)
+        else:
+            self.dataset = DreamBoothDataset(paths[0].parent, "", d.resolution, d.center_crop, seed=cfg.trainer.seed)
+            self.dataset.instance_paths = paths
+
+    def __call__(self, idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Scaled latents mean + std * eps for images idx (modulo the image count)."""
+        idx = idx % self.n
+        if self.cached:
+            mean, logvar = self.mean[idx], self.logvar[idx]
+        else:
+            px = collate([self.dataset[i] for i in idx.tolist()])["pixel_values"]
+            with torch.no_grad():
+                post = self.vae.encode(px.to(self.vae.device, self.vae.dtype)).latent_dist
+            mean, logvar = post.mean, post.logvar
+        return (mean + torch.exp(0.5 * logvar) * eps.to(mean.device, mean.dtype)) * self.vae.config.scaling_factor
+
+
+def _configure(cfg, unet, text_encoder):
+    m = cfg.model
+    if m.attention == "eager":
+        from diffusers.models.attention_processor import AttnProcessor
+        unet.set_attn_processor(AttnProcessor())
+    if m.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if m.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+    if m.channels_last:
+        unet.to(memory_format=torch.channels_last)
+
+
+def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
+    """The whole chain: regularization images (if needed), latent cache (if enabled), training, saving.
+
+    `callback(record)` is called after every step with that step's history record."""
+    from accelerate import Accelerator
+    t0 = time.time()
+    instance_paths = preflight(cfg)
+    device = pick_device(cfg.trainer.device)
+    precision = {"32": "no", "bf16": "bf16", "16": "fp16"}[cfg.trainer.precision]
+    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+    device = accelerator.device
+    rank, world = accelerator.process_index, accelerator.num_processes
+    m, d, tr = cfg.model, cfg.model.data, cfg.trainer
+    out = Path(cfg.output_dir)
+    prior = bool(m.with_prior_preservation)
+    show = (tr.progress if progress is None else progress) and accelerator.is_local_main_process
+
+    pipe = load_pipeline(m.pretrained, device=device)
+    if prior:                                   # every rank counts the folder first, then makes its share
+        accelerator.wait_for_everyone()
+        generate_regularization(cfg, pipe, rank=rank, world_size=world, progress=show)
+        accelerator.wait_for_everyone()
+    unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
+    noise_scheduler = _noise_scheduler(pipe)
+    vae.requires_grad_(False).eval()
+    text_encoder.requires_grad_(bool(m.train_text_encoder))
+    unet.requires_grad_(True)
+
+    inst_dir, reg_dir = cached_dirs(cfg)
+    sources = [LatentSource(cfg, instance_paths, inst_dir, vae, accelerator)]
+    prompts = [d.instance_prompt]
+    if prior:
+        reg_paths = scan_images(d.regularization_dir, "model.data.regularization_dir")
+        sources.append(LatentSource(cfg, reg_paths, reg_dir, vae, accelerator))
+        prompts.append(d.regularization_prompt)
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    latent_shape = (vae.config.latent_channels, d.resolution // f, d.resolution // f)
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    if not m.train_text_encoder:                # frozen: embed the (two) prompts once, not every step
+        with torch.no_grad():
+            fixed_embeds = text_encoder(ids)[0]
+
+    from .lora import add_lora, trainable_parameters
+    add_lora(cfg, unet, text_encoder)
+    _configure(cfg, unet, text_encoder)
+    params = trainable_parameters(cfg, unet, text_encoder)
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    modules = {"unet": unet, "text_encoder": text_encoder} if m.train_text_encoder else {"unet": unet}
+
+    start, history = 0, []
+    state = ckpt.latest(out, cfg) if tr.resume else None
+    if state is not None:
+        start, history = ckpt.restore(state, modules, optimizer, lr_sched)
+        if show:
+            print(f"resuming from {state} (step {start})")
+    elif accelerator.is_main_process:
+        ckpt.clear(out)
+    unet_p = accelerator.prepare(unet)
+    te_p = accelerator.prepare(text_encoder) if m.train_text_encoder else text_encoder
+    if m.compile:
+        unet_p = torch.compile(unet_p)
+    B = tr.batch_size
+    last_saved = start
+    bar = tqdm(range(start, tr.max_steps), initial=start, total=tr.max_steps, desc="train", disable=not show,
+               mininterval=1)
+    try:
+        for step in bar:
+            unet_p.train()
+            g = step_generator(tr.seed, step)
+            zs, noises, ts, embeds_idx = [], [], [], []
+            for k, src in enumerate(sources):   # draw the global batch, keep this rank's slice of it
+                mine = slice(rank * B, (rank + 1) * B)
+                idx = torch.randint(0, 2 ** 31 - 1, (B * world,), generator=g)[mine]
+                eps = torch.randn((B * world, *latent_shape), generator=g)[mine]
+                noises.append(torch.randn((B * world, *latent_shape), generator=g)[mine])
+                ts.append(torch.randint(0, noise_scheduler.config.num_train_timesteps, (B * world,), generator=g)[mine])
+                zs.append(src(idx, eps))
+                embeds_idx += [k] * B
+            z, noise, t = torch.cat(zs).to(device), torch.cat(noises).to(device), torch.cat(ts).to(device)
+            noisy = noise_scheduler.add_noise(z, noise, t)
+            with accelerator.autocast():
+                enc = te_p(ids)[0] if m.train_text_encoder else fixed_embeds
+                enc = enc[torch.tensor(embeds_idx, device=device)]
+                pred = unet_p(noisy, t, enc).sample
+            target = noise if noise_scheduler.config.prediction_type == "epsilon" \
+                else noise_scheduler.get_velocity(z, noise, t)
+            loss, inst_loss, prior_loss = dreambooth_loss(pred, target, prior, m.prior_loss_weight)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss is {loss.item()} at step {step}: lower optim.lr or use trainer.precision=32; "
+                                    f"the last good checkpoint in {out / 'checkpoints'} is kept")
+            accelerator.backward(loss)
+            if cfg.optim.max_grad_norm:
+                accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+            optimizer.step()
+            lr_sched.step()
+            optimizer.zero_grad(set_to_none=True)
+            rec = {"step": step + 1, "loss": loss.item(), "instance_loss": inst_loss.item(),
+                   "prior_loss": prior_loss.item(), "lr": lr_sched.get_last_lr()[0]}
+            history.append(rec)
+            bar.set_postfix(instance=f"{rec['instance_loss']:.3f}", prior=f"{rec['prior_loss']:.3f}", refresh=False)
+            if callback:
+                callback(rec)
+            if tr.checkpoint_every and (step + 1) % tr.checkpoint_every == 0 and step + 1 < tr.max_steps:
+                _save(accelerator, out, cfg, modules, optimizer, lr_sched, step + 1, history)
+                last_saved = step + 1
+    except KeyboardInterrupt:
+        done = len(history) and history[-1]["step"]
+        if done and done > last_saved:
+            _save(accelerator, out, cfg, modules, optimizer, lr_sched, done, history)
+        raise
+    bar.close()
+    _save(accelerator, out, cfg, modules, optimizer, lr_sched, tr.max_steps, history)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.save_pipeline(pipe, cfg, out, history)
+    accelerator.wait_for_everyone()
+    for mod in (unet, text_encoder):
+        mod.eval()
+    return TrainResult(out, history, time.time() - t0, pipe)
+
+
+def _noise_scheduler(pipe):
+    """The checkpoint's own training noise schedule and prediction type (epsilon or v_prediction)."""
+    from diffusers import DDPMScheduler
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def _save(accelerator, out, cfg, modules, optimizer, lr_sched, step, history):
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.save(out, cfg, modules, optimizer, lr_sched, step, history)
+    accelerator.wait_for_everyone()
