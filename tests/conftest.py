@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny randomly initialised Stable Diffusion pipeline built in the test (no hub access)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER = ROOT / "data" / "models" / "toyworld" / "tokenizer"
+SUBJECT = ROOT / "data" / "subjects" / "twotone_ball"
+DOG6 = ROOT / "data" / "dog6"
+
+torch.set_num_threads(int(os.environ.get("DBTUTOR_TEST_THREADS", "2")))
+
+
+def make_tiny_pipeline(seed: int = 0, prediction_type: str = "epsilon"):
+    """A 32x32 Stable Diffusion pipeline with a few thousand parameters per part and the real CLIP tokenizer."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
+    unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=2, norm_num_groups=8)
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, max_position_embeddings=32, bos_token_id=49406,
+                                      eos_token_id=49407, pad_token_id=49407))
+    tok = CLIPTokenizer.from_pretrained(TOKENIZER)
+    sched = PNDMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
+    return StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory) -> Path:
+    """Folder of a saved tiny pipeline (epsilon prediction)."""
+    path = tmp_path_factory.mktemp("tiny_sd")
+    make_tiny_pipeline().save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture
+def tiny_config(tiny_pipeline_dir, tmp_path):
+    """A config for a few seconds of DreamBooth on the tiny pipeline, writing only under tmp_path."""
+    from dbtutor import load_config
+
+    def make(**overrides):
+        base = {"model.pretrained": str(tiny_pipeline_dir), "output_dir": str(tmp_path / "out"),
+                "model.data.instance_dir": str(SUBJECT), "model.data.regularization_dir": str(tmp_path / "reg"),
+                "model.data.num_reg_images": 6, "model.data.num_images_per_prompt": 4, "model.data.resolution": 32,
+                "model.sampling.num_inference_steps": 2, "trainer.max_steps": 4, "trainer.checkpoint_every": 2,
+                "trainer.progress": False}
+        base.update(overrides)
+        return load_config(overrides=base)
+    return make
