@@ -18,11 +18,11 @@ class SkippedImageWarning(UserWarning):
     """An unusable file in an image folder was skipped."""
 
 
-def list_image_files(folder: str | Path) -> list[Path]:
+def list_image_files(folder: str | Path, what: str = "image folder") -> list[Path]:
     """Image-like files directly in `folder`, sorted; hidden files and sub-folders are ignored."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist: create it and put the images there")
+        raise DataError(f"{what} {folder} does not exist: create it and put the images there")
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
 
@@ -61,7 +61,7 @@ def scan_images(folder: str | Path, what: str = "instance_dir", min_count: int =
 
     Raises one DataError if fewer than `min_count` usable images remain."""
     good = []
-    for p in list_image_files(folder):
+    for p in list_image_files(folder, what):
         try:
             load_image(p)
             good.append(p)

@@ -1,0 +1,76 @@
+"""The `dbtutor` command: the whole chain through the CLI, and bad input as one clear line before heavy work."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from diffusers import StableDiffusionPipeline
+
+from conftest import ROOT, SUBJECT
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    return subprocess.run([sys.executable, "-m", "dbtutor", *args], capture_output=True, text=True, env=env,
+                           cwd=cwd or ROOT, timeout=600)
+
+
+@pytest.fixture
+def cli_config(tmp_path, tiny_pipeline_dir):
+    f = tmp_path / "run.yaml"
+    f.write_text(f"""output_dir: {tmp_path / 'out'}
+model:
+  pretrained: {tiny_pipeline_dir}
+  sampling: {{num_inference_steps: 2}}
+  data:
+    instance_dir: {SUBJECT}
+    regularization_dir: {tmp_path / 'reg'}
+    num_reg_images: 5
+    num_images_per_prompt: 2
+    resolution: 32
+trainer: {{max_steps: 3, checkpoint_every: 0, progress: false}}
+""")
+    return f
+
+
+def test_cli_chain_with_prior_preservation(cli_config, tmp_path):
+    r = run("train", "--config", str(cli_config), "model.prior_loss_weight=0.5")
+    assert r.returncode == 0, r.stderr
+    assert "trained 3 steps" in r.stdout
+    assert len(list((tmp_path / "reg").glob("*.png"))) == 5
+    StableDiffusionPipeline.from_pretrained(tmp_path / "out")
+    r = run("generate-reg", "--config", str(cli_config))
+    assert r.returncode == 0 and "generated 0 class images" in r.stdout
+    r = run("cache", "--config", str(cli_config))
+    assert r.returncode == 0 and "instance: 0 encoded, 5 reused" in r.stdout, r.stdout + r.stderr
+    r = run("sample", "--config", str(cli_config), "--prompt", "a photo of sks ball", "--num", "2",
+            "--out", str(tmp_path / "grid.png"))
+    assert r.returncode == 0 and (tmp_path / "grid.png").stat().st_size > 0, r.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.data.instance_dir=/nonexistent/photos", "instance_dir /nonexistent/photos does not exist"),
+    ("model.data.resolution=30", "multiple of 8"),
+    ("model.pretrained=/nonexistent/model", "model.pretrained=/nonexistent/model"),
+    ("model.pretrained=nobody/no-such-model", "neither a local folder nor reachable"),
+    ("model.prior_loss_wieght=1", "did you mean 'model.prior_loss_weight'"),
+    ("model.data.regularization_prompt=null", "regularization_prompt"),
+])
+def test_bad_input_is_one_line_and_nothing_is_generated(cli_config, tmp_path, override, message):
+    r = run("train", "--config", str(cli_config), override)
+    assert r.returncode == 2
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert lines[-1].startswith("dbtutor: error:") and message in lines[-1], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "reg").exists() and not (tmp_path / "out").exists()
+
+
+def test_folder_with_no_readable_image(cli_config, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    (bad / "notes.txt").write_text("hello")
+    r = run("train", "--config", str(cli_config), f"model.data.instance_dir={bad}")
+    assert r.returncode == 2 and "holds no usable image" in r.stderr and "Traceback" not in r.stderr
+    assert "a.jpg" in r.stderr                      # the skipped file is named in a warning

@@ -1,0 +1,88 @@
+"""Training: NeMo's loss, text-encoder freezing, stock-diffusers output, exact resume."""
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+import dbtutor
+from dbtutor import dreambooth_loss
+
+
+@pytest.mark.parametrize("weight", [0.5, 2.0])
+def test_loss_is_nemos_formula(weight):
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    hand_inst = ((pred[:2] - target[:2]) ** 2).mean()                 # instance examples come first
+    hand_prior = ((pred[2:] - target[2:]) ** 2).mean()
+    loss, inst, prior = dreambooth_loss(pred, target, True, weight)
+    assert torch.allclose(inst, hand_inst) and torch.allclose(prior, hand_prior)
+    assert torch.allclose(loss, hand_inst + weight * hand_prior)
+    plain, _, zero = dreambooth_loss(pred, target, False, weight)
+    assert torch.allclose(plain, F.mse_loss(pred, target)) and zero == 0
+
+
+def test_recorded_loss_follows_the_weight_on_the_same_batch(tiny_config, tmp_path):
+    runs = {}
+    for w in (0.5, 2.0):
+        cfg = tiny_config(**{"model.prior_loss_weight": w, "trainer.max_steps": 1, "output_dir": str(tmp_path / f"w{w}")})
+        runs[w] = dbtutor.train(cfg).history[0]
+    a, b = runs[0.5], runs[2.0]
+    assert a["instance_loss"] == pytest.approx(b["instance_loss"], rel=1e-6)   # same data, same first step
+    assert a["prior_loss"] == pytest.approx(b["prior_loss"], rel=1e-6)
+    for w, r in runs.items():
+        assert r["loss"] == pytest.approx(r["instance_loss"] + w * r["prior_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("train_te", [True, False])
+def test_text_encoder_changes_iff_trained(tiny_config, tiny_pipeline_dir, tmp_path, train_te):
+    cfg = tiny_config(**{"model.train_text_encoder": train_te, "trainer.max_steps": 3, "optim.lr": 1e-2})
+    out = dbtutor.train(cfg).output_dir
+    before = load_file(str(tiny_pipeline_dir / "text_encoder" / "model.safetensors"))
+    after = load_file(str(out / "text_encoder" / "model.safetensors"))
+    changed = any(not torch.equal(before[k], after[k]) for k in before)
+    assert changed == train_te
+    unet_before = load_file(str(tiny_pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+    unet_after = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(unet_before[k], unet_after[k]) for k in unet_before)
+
+
+def test_output_is_a_stock_diffusers_pipeline(tiny_config):
+    out = dbtutor.train(tiny_config(**{"model.with_prior_preservation": False})).output_dir
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    images = pipe("a photo of sks ball", num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 32, 32, 3)
+
+
+def test_resume_continues_with_the_same_result(tiny_config, tmp_path):
+    whole = dbtutor.train(tiny_config(**{"output_dir": str(tmp_path / "whole")}))
+    cfg_a = tiny_config(**{"output_dir": str(tmp_path / "parts"), "trainer.max_steps": 2})
+    dbtutor.train(cfg_a)
+    cfg_b = tiny_config(**{"output_dir": str(tmp_path / "parts"), "trainer.max_steps": 4})
+    parts = dbtutor.train(cfg_b)
+    assert [h["step"] for h in parts.history] == [1, 2, 3, 4]
+    assert [h["loss"] for h in parts.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-5)
+    a = load_file(str(whole.output_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(parts.output_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_resume_refuses_a_changed_config(tiny_config, tmp_path):
+    dbtutor.train(tiny_config(**{"output_dir": str(tmp_path / "o"), "trainer.max_steps": 2}))
+    with pytest.raises(dbtutor.ConfigError, match="prior_loss_weight"):
+        dbtutor.train(tiny_config(**{"output_dir": str(tmp_path / "o"), "model.prior_loss_weight": 0.3}))
+
+
+def test_v_prediction_checkpoint_trains_against_velocity(tmp_path, tiny_config, monkeypatch):
+    from diffusers import DDPMScheduler
+    from conftest import make_tiny_pipeline
+    make_tiny_pipeline(prediction_type="v_prediction").save_pretrained(tmp_path / "v")
+    calls = []
+    real = DDPMScheduler.get_velocity
+    monkeypatch.setattr(DDPMScheduler, "get_velocity", lambda self, *a: calls.append(1) or real(self, *a))
+    res = dbtutor.train(tiny_config(**{"model.pretrained": str(tmp_path / "v"), "trainer.max_steps": 2}))
+    assert len(calls) == 2
+    assert StableDiffusionPipeline.from_pretrained(res.output_dir).scheduler.config.prediction_type == "v_prediction"
+    calls.clear()
+    dbtutor.train(tiny_config(**{"trainer.max_steps": 2, "output_dir": str(tmp_path / "eps")}))
+    assert calls == []
