@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..fileio import atomic_path, load_torch, save_torch, write_json
 from . import judge as J
 from .models import make_noise_scheduler, make_pipeline_scheduler, make_text_encoder, make_unet, make_vae
-from .tokenizer import write_tokenizer
+from .tokenizer import prepare_tokenizer
 from .world import LOOKS, Attrs, caption, render, sample_attrs
 
 STAGES = ("render", "judge", "vae", "latents", "unet", "export")
@@ -279,10 +279,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     vae = stage_vae(args.work, args.seed, args.vae_steps, args.vae_full_steps)
     lat = stage_latents(args.work, vae)
-    tok_dir = args.work / "tokenizer"
-    tokenizer = write_tokenizer(tok_dir) if not (tok_dir / "vocab.json").exists() else None
-    from transformers import CLIPTokenizer
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    tokenizer = prepare_tokenizer(args.work / "tokenizer")
     torch.manual_seed(args.seed)
     te, unet = stage_unet(args.work, args.seed, args.unet_steps, lat, tokenizer)
     export(args.out, vae, te, unet, tokenizer, float(lat["scaling_factor"]))

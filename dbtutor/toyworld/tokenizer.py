@@ -80,3 +80,19 @@ def write_tokenizer(out_dir: Path, model_max_length: int = 32, bpe_path: Path | 
     tok.save_pretrained(out_dir)
     (out_dir / "LICENSE-open_clip.txt").write_text(LICENSE_NOTE)
     return tok
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "data" / "models" / "toyworld" / "tokenizer"
+
+
+def prepare_tokenizer(out_dir: Path, model_max_length: int = 32):
+    """Build the tokenizer folder from open_clip's BPE file, or copy the shipped build when open_clip is absent."""
+    import shutil
+    from transformers import CLIPTokenizer
+    out_dir = Path(out_dir)
+    if not (out_dir / "vocab.json").exists():
+        if importlib.util.find_spec("open_clip") is not None:
+            write_tokenizer(out_dir, model_max_length)
+        else:
+            shutil.copytree(SHIPPED, out_dir, dirs_exist_ok=True)
+    return CLIPTokenizer.from_pretrained(out_dir)

@@ -1,0 +1,98 @@
+"""How good is the base model's prior? Sample fixed prompts and let the judge score them.
+
+    python -m dbtutor.toyworld.quality [--model data/models/toyworld] [--judge data/models/toyworld-judge]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+from ..config import ROOT
+from ..fileio import write_json
+from ..pipeline import load_pipeline, sample
+from . import judge as J
+from .world import COLORS, LOOKS, OBJECTS, SCENE_PHRASE, SCENES, article
+
+TARGETS = {"object": 0.90, "color": 0.85, "scene": 0.85, "class_color_entropy": 0.80, "subject_looks": 0.02}
+
+
+def normalised_entropy(names: list[str], classes: list[str]) -> float:
+    counts = Counter(names)
+    n = sum(counts.values())
+    h = -sum(c / n * math.log(c / n) for c in counts.values() if c)
+    return h / math.log(len(classes))
+
+
+def prior_quality(pipe, judge, seeds_per_prompt: int = 3, class_seeds: int = 16, steps: int = 20,
+                  guidance: float = 5.0, scheduler: str = "dpm") -> dict:
+    """Judge-scored accuracy of the prior on colour/object, scene and bare-class prompts (fixed seeds)."""
+    def run(prompts, k, seed0):
+        ps = [p for p in prompts for _ in range(k)]
+        seeds = [seed0 + i for i in range(len(ps))]
+        images = sample(pipe, ps, seeds, steps, guidance, scheduler)
+        return images, J.predict(judge, images)
+
+    pairs = [(c, o) for o in OBJECTS for c in COLORS]
+    im1, p1 = run([f"a photo of {article(c)} {c} {o}" for c, o in pairs], seeds_per_prompt, 10_000)
+    truth = [(c, o) for c, o in pairs for _ in range(seeds_per_prompt)]
+    scene_prompts = [(o, s) for o in OBJECTS for s in SCENES]
+    im2, p2 = run([f"a photo of a {o} {SCENE_PHRASE[s]}" for o, s in scene_prompts], 2, 20_000)
+    truth2 = [(o, s) for o, s in scene_prompts for _ in range(2)]
+    im3, p3 = run([f"a photo of a {o}" for o in OBJECTS], class_seeds, 30_000)
+    class_colors = [p3["color"][i * class_seeds:(i + 1) * class_seeds] for i in range(len(OBJECTS))]
+    looks = p1["look"] + p2["look"] + p3["look"]
+    res = {
+        "object": sum(p == o for p, (_, o) in zip(p1["object"], truth)) / len(truth),
+        "color": sum(p == c for p, (c, _) in zip(p1["color"], truth)) / len(truth),
+        "scene": sum(p == s for p, (_, s) in zip(p2["scene"], truth2)) / len(truth2),
+        "scene_object": sum(p == o for p, (o, _) in zip(p2["object"], truth2)) / len(truth2),
+        "class_object": sum(p == OBJECTS[i // class_seeds] for i, p in enumerate(p3["object"])) / len(p3["object"]),
+        "class_color_entropy": sum(normalised_entropy(c, list(COLORS)) for c in class_colors) / len(class_colors),
+        "subject_looks": sum(lk != "ordinary" for lk in looks) / len(looks),
+        "n_images": len(looks),
+    }
+    res["looks_seen"] = {lk: looks.count(lk) for lk in LOOKS}
+    res["grid"] = {"color_object": im1[::seeds_per_prompt][:48], "class": im3}
+    return res
+
+
+def report(res: dict) -> str:
+    rows = [("object right, 'a photo of a {color} {object}'", "object", ">="),
+            ("colour right, same prompts", "color", ">="),
+            ("scene right, 'a photo of a {object} {scene phrase}'", "scene", ">="),
+            ("colour spread for 'a photo of a {object}' (normalised entropy)", "class_color_entropy", ">="),
+            ("samples showing a subject's look (any prompt)", "subject_looks", "<")]
+    lines = ["| measure | value | target |", "|---|---|---|"]
+    for label, key, op in rows:
+        ok = res[key] >= TARGETS[key] if op == ">=" else res[key] < TARGETS[key]
+        lines.append(f"| {label} | {res[key]:.3f} | {op} {TARGETS[key]} {'ok' if ok else 'MISSED'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="score the base model's prior with the judge")
+    ap.add_argument("--model", default=str(ROOT / "data/models/toyworld"))
+    ap.add_argument("--judge", default=str(ROOT / "data/models/toyworld-judge"))
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--out", type=Path, default=ROOT / "work" / "quality")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    res = prior_quality(load_pipeline(args.model), J.load_judge(args.judge), steps=args.steps, guidance=args.guidance)
+    from ..plots import save_grid
+    grid = res.pop("grid")
+    save_grid(grid["color_object"], args.out / "prior_color_object.png", rows=len(OBJECTS),
+              row_labels=OBJECTS, col_labels=list(COLORS), title="a photo of a {color} {object}")
+    save_grid(grid["class"][::2], args.out / "prior_class.png", rows=len(OBJECTS),
+              row_labels=[f"a photo of a {o}" for o in OBJECTS], title="bare class prompts, different seeds")
+    write_json(args.out / "quality.json", res)
+    print(report(res))
+    print(f"{res['n_images']} images judged in {time.time() - t0:.0f} s; grids in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

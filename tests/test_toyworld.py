@@ -1,0 +1,92 @@
+"""The toy world, its subjects, the real CLIP tokenizer, and a few steps of pretraining every part."""
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPTokenizer
+
+from dbtutor.toyworld import world as W
+from dbtutor.toyworld.subjects import SUBJECTS, render_subject
+from conftest import ROOT, TOKENIZER
+
+
+def test_vocabulary_covers_the_issue():
+    assert {"ball", "box", "cone", "star"} <= set(W.OBJECTS) and len(W.OBJECTS) >= 6
+    assert {"red", "orange", "yellow", "green", "blue", "purple"} < set(W.COLORS)
+    assert {"plain", "striped", "dotted", "checkered"} <= set(W.PATTERNS)
+    assert {"grass", "snow", "sky", "beach"} < set(W.SCENES)
+
+
+def test_rendering_is_seeded_and_varied():
+    a = W.sample_attrs(np.random.default_rng(1))
+    assert np.array_equal(np.asarray(W.render(a, seed=3)), np.asarray(W.render(a, seed=3)))
+    imgs = [np.asarray(img) for img, _, _ in W.sample_dataset(8, seed=0)]
+    assert imgs[0].shape == (64, 64, 3) and imgs[0].dtype == np.uint8
+    assert len({im.tobytes() for im in imgs}) == 8
+
+
+def test_captions_leave_attributes_out_at_random():
+    a = W.Attrs(object="ball", color="red", pattern="striped", scene="grass")
+    assert W.caption(a) == "a photo of a red striped ball on the grass"
+    rng = np.random.default_rng(0)
+    caps = {W.caption(a, rng) for _ in range(300)}
+    assert "a photo of a ball" in caps and "a photo of a red striped ball on the grass" in caps
+    assert W.caption(W.Attrs(object="box", color="orange", pattern="plain", scene="sky")) == \
+        "a photo of an orange box in the sky"
+
+
+def test_base_world_never_shows_a_subject_look():
+    rng = np.random.default_rng(0)
+    assert all(W.sample_attrs(rng).look == "ordinary" for _ in range(2000))
+
+
+@pytest.mark.parametrize("name", list(SUBJECTS))
+def test_shipped_subjects_match_their_renderer(name):
+    folder = ROOT / "data" / "subjects" / name
+    meta = json.loads((folder / "subject.json").read_text())
+    assert meta["identifier"] in meta["instance_prompt"] and meta["class_noun"] in meta["regularization_prompt"]
+    assert meta["identifier"] not in meta["regularization_prompt"]
+    shipped = sorted(folder.glob("*.png"))
+    assert 4 <= len(shipped) <= 5
+    from PIL import Image
+    for im, path in zip(render_subject(name), shipped):
+        assert np.array_equal(np.asarray(im), np.asarray(Image.open(path).convert("RGB"))), path
+
+
+def test_tokenizer_is_clips_bpe():
+    tok = CLIPTokenizer.from_pretrained(TOKENIZER)
+    assert len(tok) == 49408 and tok.bos_token_id == 49406 and tok.eos_token_id == 49407
+    assert tok("sks").input_ids == [49406, 48136, 49407]              # as in Stable Diffusion's tokenizer
+    assert tok("ohwx").input_ids == [49406, 47993, 49407]
+    assert tok.tokenize("a photo of a dog") == ["a</w>", "photo</w>", "of</w>", "a</w>", "dog</w>"]
+    assert (TOKENIZER / "LICENSE-open_clip.txt").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("open_clip") is None, reason="open-clip-torch not installed")
+def test_shipped_tokenizer_files_are_rebuilt_identically(tmp_path):
+    from dbtutor.toyworld.tokenizer import write_tokenizer
+    write_tokenizer(tmp_path)
+    for name in ("vocab.json", "merges.txt"):
+        assert (tmp_path / name).read_bytes() == (TOKENIZER / name).read_bytes()
+
+
+def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
+    from diffusers import StableDiffusionPipeline
+    from dbtutor.toyworld import pretrain
+    from dbtutor.toyworld.judge import load_judge, predict
+    args = ["--out", str(tmp_path / "models"), "--work", str(tmp_path / "work"), "--n-images", "300",
+            "--judge-images", "300", "--judge-steps", "3", "--vae-steps", "3", "--vae-full-steps", "1"]
+    pretrain.main(args + ["--unet-steps", "2"])
+    pretrain.main(args + ["--unet-steps", "4"])                      # continues the UNet from step 2
+    out = capsys.readouterr().out
+    assert "[unet] resuming from step 2" in out
+    log = (tmp_path / "work" / "log.txt").read_text()
+    assert "unet step 4/4" in log and "vae step 3/3" in log and log.count("vae step 3/3") == 1
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "models" / "toyworld")
+    assert all(next(getattr(pipe, n).parameters()).dtype == torch.float32 for n in ("unet", "vae", "text_encoder"))
+    images = pipe("a photo of a red ball", num_inference_steps=2).images
+    assert images[0].size == (64, 64)
+    judge = load_judge(tmp_path / "models" / "toyworld-judge")
+    assert set(predict(judge, images)) == {"object", "color", "pattern", "scene", "look"}
