@@ -1,0 +1,43 @@
+"""The shipped base model: a stock diffusers pipeline, float32, 64x64, small, and its prior follows the prompt."""
+import os
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from dbtutor import load_pipeline, sample
+from dbtutor.toyworld.judge import load_judge, predict
+from conftest import ROOT
+
+MODEL = ROOT / "data" / "models" / "toyworld"
+JUDGE = ROOT / "data" / "models" / "toyworld-judge"
+
+
+def test_loads_offline_in_stock_diffusers_in_float32(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL)
+    for name in ("unet", "vae", "text_encoder"):
+        assert all(p.dtype == torch.float32 for p in getattr(pipe, name).parameters()), name
+    assert pipe.safety_checker is None
+    assert pipe.vae.config.scaling_factor != 0.18215                # its own, measured on the world's latents
+    image = pipe("a photo of a red ball", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+
+
+def test_weights_are_small_safetensors():
+    files = [p for p in MODEL.rglob("*") if p.is_file()]
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    assert sum(p.stat().st_size for p in weights) < 80e6
+
+
+def test_prior_follows_object_and_colour():
+    pipe = load_pipeline(str(MODEL))
+    judge = load_judge(JUDGE)
+    prompts = [("red", "ball"), ("blue", "box"), ("yellow", "star"), ("green", "heart")]
+    images = sample(pipe, [f"a photo of a {c} {o}" for c, o in prompts for _ in range(3)], list(range(12)))
+    pred = predict(judge, images)
+    truth = [p for p in prompts for _ in range(3)]
+    assert sum(o == t[1] for o, t in zip(pred["object"], truth)) >= 10
+    assert sum(c == t[0] for c, t in zip(pred["color"], truth)) >= 9
+    assert all(lk == "ordinary" for lk in pred["look"])
