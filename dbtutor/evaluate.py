@@ -1,0 +1,397 @@
+"""Measure DreamBooth as the paper does: subject fidelity, prompt fidelity, PRES (language drift) and DIV (diversity).
+
+DreamBooth (Ruiz et al., CVPR 2023, Sec. 4.1 and Table 3) samples a fixed set of prompts from the trained model and
+compares the samples with the real subject images:
+
+    subject fidelity   mean cosine similarity between embeddings of subject-prompt samples and the real images
+                       (DINO, and CLIP-I with the CLIP image encoder)                       higher is better
+    prompt fidelity    CLIP-T: cosine of the prompt's CLIP text embedding and the sample's   higher is better
+    PRES               subject fidelity of samples of the *bare class* prompt ("a photo of a ball"): how much the
+                       class has drifted toward the subject (language drift)                 lower is better
+    DIV                mean pairwise distance among samples of the same prompt               higher is better
+
+Two back ends:
+    judge   the toy world's judge (dbtutor/toyworld/judge.py) embeds the images, and also *names* their object,
+            colour, scene and look, so fidelity can be read as agreement: the share of subject samples it calls the
+            subject (subject_attr), of samples whose object/colour/scene match the prompt's words (prompt_attr), and
+            of class samples it calls the subject's look (pres_attr).
+    clip    CLIP (CLIP-I, CLIP-T) and DINOv2 (DINO, PRES, DIV) loaded with from_pretrained, for real photos.
+
+DIV: the paper uses LPIPS distance. LPIPS needs AlexNet/VGG weights trained on ImageNet (the `lpips` package,
+torchvision); neither is installed here and no weights can be downloaded. We use 1 - cosine similarity of the
+same embeddings as subject fidelity (judge or DINOv2): it also falls to 0 when every sample is the same image, and
+it measures what DIV is for (do the samples differ in what matters), but its values are not comparable with
+the paper's LPIPS numbers.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import ROOT
+from .errors import ConfigError
+
+DEFAULT_JUDGE = ROOT / "data" / "models" / "toyworld-judge"
+CLIP_MODEL = "openai/clip-vit-base-patch32"
+DINO_MODEL = "facebook/dinov2-small"
+PAPER_PROMPTS = ROOT / "data" / "prompts_and_classes.txt"
+# sampling seeds: far from the class images' seeds (trainer.seed * 1_000_003 + index), whose noise the prior loss
+# trains the model to reproduce
+EVAL_SEED = 500_000
+PROPERTY_COLORS = ("purple", "green", "orange")       # "a photo of a purple sks ball"
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# name: (what, better), in the order of the printed table
+METRICS = {
+    "subject_sim": ("subject fidelity: embedding cosine, subject samples vs real images (DINO)", "higher"),
+    "subject_attr": ("subject fidelity: share of subject samples the judge calls the subject", "higher"),
+    "clip_i": ("subject fidelity: CLIP image-embedding cosine (CLIP-I)", "higher"),
+    "prompt_attr": ("prompt fidelity: share of samples whose object/colour/scene match the prompt", "higher"),
+    "clip_t": ("prompt fidelity: CLIP text-image cosine (CLIP-T)", "higher"),
+    "pres": ("PRES: embedding cosine, bare-class samples vs real subject images", "lower"),
+    "pres_attr": ("PRES: share of bare-class samples judged the subject's look", "lower"),
+    "div": ("DIV: mean pairwise (1 - cosine) among samples of one subject prompt", "higher"),
+    "div_class": ("DIV of the bare-class samples", "higher"),
+    "real_sim": ("reference: embedding cosine among the real images themselves", ""),
+}
+
+
+# ----------------------------------------------------------------------------- metrics on embeddings
+
+def cross_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean cosine similarity over all pairs (a_i, b_j) of two sets of embeddings (normalised here)."""
+    return float((F.normalize(a.float(), dim=1) @ F.normalize(b.float(), dim=1).T).mean())
+
+
+def self_similarity(a: torch.Tensor) -> float:
+    """Mean cosine similarity over the pairs i < j of one set (needs two or more)."""
+    if len(a) < 2:
+        raise ValueError("a within-set similarity needs at least two images")
+    s = F.normalize(a.float(), dim=1) @ F.normalize(a.float(), dim=1).T
+    i, j = torch.triu_indices(len(a), len(a), offset=1)
+    return float(s[i, j].mean())
+
+
+def diversity(a: torch.Tensor) -> float:
+    """DIV: mean pairwise (1 - cosine) among images of one prompt; 0 when they are all the same image."""
+    return 1.0 - self_similarity(a)
+
+
+# ----------------------------------------------------------------------------- prompts
+
+@dataclass
+class PromptSet:
+    identifier: str
+    class_noun: str
+    subject: list[str]                # prompts naming the subject
+    groups: list[str]                 # per subject prompt: instance | recontext | property
+    class_prompt: str                 # the bare class prompt, for PRES
+    look: str | None = None           # toy-world subjects: the look and object the judge should see
+    object: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def split_prompts(instance_prompt: str, class_prompt: str) -> tuple[str, str]:
+    """('a photo of sks ball', 'a photo of a ball') -> ('sks', 'ball'): the word only the instance prompt has."""
+    cls = class_prompt.lower().split()
+    new = [w for w in instance_prompt.lower().split() if w not in cls]
+    if len(new) != 1 or not cls:
+        raise ConfigError(f"cannot find the identifier: instance prompt '{instance_prompt}' should be the class "
+                          f"prompt '{class_prompt}' plus one rare word (for example 'a photo of sks dog')")
+    return new[0], cls[-1]
+
+
+def world_prompts(subject: dict, instance_prompt: str | None = None, class_prompt: str | None = None) -> PromptSet:
+    """Toy-world prompts in the paper's spirit: the instance prompt, one recontextualisation per scene
+    ("a photo of sks ball on the beach"), property changes ("a photo of a purple sks ball"), and the bare class."""
+    from .toyworld.world import SCENE_PHRASE, article
+    instance_prompt = instance_prompt or subject["instance_prompt"]
+    class_prompt = class_prompt or subject["regularization_prompt"]
+    ident, noun = split_prompts(instance_prompt, class_prompt)
+    prompts = [instance_prompt] + [f"{instance_prompt} {phrase}" for phrase in SCENE_PHRASE.values()]
+    prompts += [f"a photo of {article(c)} {c} {ident} {noun}" for c in PROPERTY_COLORS]
+    groups = ["instance"] + ["recontext"] * len(SCENE_PHRASE) + ["property"] * len(PROPERTY_COLORS)
+    return PromptSet(ident, noun, prompts, groups, class_prompt, subject["look"], subject["object"])
+
+
+def paper_prompts(identifier: str, class_noun: str, live: bool = True, path: Path = PAPER_PROMPTS) -> list[str]:
+    """The paper's 25 evaluation prompts (data/prompts_and_classes.txt: live subjects or objects), filled in."""
+    text = Path(path).read_text()
+    head = "Live Subject Prompts" if live else "Object Prompts"
+    if head not in text:
+        raise ConfigError(f"{path} has no '{head}' section: restore it from github.com/google/dreambooth")
+    block = text.split(head, 1)[1].split("]", 1)[0]
+    templates = re.findall(r"'([^']*)'\.format\(unique_token, class_token\)", block)
+    return [t.format(identifier, class_noun) for t in templates]
+
+
+def prompt_set(subject_dir, instance_prompt: str | None = None, class_prompt: str | None = None) -> PromptSet:
+    """A toy-world subject (folder with subject.json) gets world prompts; any other folder the paper's prompts."""
+    meta = Path(subject_dir) / "subject.json"
+    if meta.exists():
+        from .toyworld.subjects import load_subject
+        return world_prompts(load_subject(subject_dir), instance_prompt, class_prompt)
+    if not instance_prompt or not class_prompt:
+        raise ConfigError(f"{subject_dir} has no subject.json: give the instance and class prompts")
+    ident, noun = split_prompts(instance_prompt, class_prompt)
+    live = noun in ("dog", "cat")                  # the paper's live subjects; others get the object prompts
+    prompts = paper_prompts(ident, noun, live)
+    groups = ["property" if p.endswith(f"{ident} {noun}") else "recontext" for p in prompts]
+    return PromptSet(ident, noun, [instance_prompt] + prompts, ["instance"] + groups, class_prompt)
+
+
+def prompt_attributes(prompt: str) -> dict[str, str]:
+    """The world attributes a prompt names, e.g. {'object': 'ball', 'color': 'purple', 'scene': 'beach'}."""
+    from .toyworld.world import COLORS, OBJECTS, PATTERNS, SCENE_PHRASE
+    text = " " + " ".join(prompt.lower().replace(",", " ").split()) + " "
+    out = {}
+    for w in text.split():
+        if w in OBJECTS:
+            out["object"] = w
+        elif w in COLORS:
+            out["color"] = w
+        elif w in PATTERNS and w != "plain":
+            out["pattern"] = w
+    for scene, phrase in SCENE_PHRASE.items():
+        if f" {phrase} " in text:
+            out["scene"] = scene
+    return out
+
+
+def agreement(wanted: dict[str, str], judged: dict[str, list[str]], i: int) -> float:
+    """1.0 if the judge's reading of image i has every attribute the prompt names, else 0.0. The judge's colour and
+    pattern heads were trained on ordinary-look objects only, so a named colour or pattern also needs that look."""
+    for k, v in wanted.items():
+        if judged[k][i] != v:
+            return 0.0
+        if k in ("color", "pattern") and judged["look"][i] != "ordinary":
+            return 0.0
+    return 1.0
+
+
+# ----------------------------------------------------------------------------- back ends
+
+def load_judge_or_fail(folder):
+    from .toyworld.judge import load_judge
+    try:
+        return load_judge(folder)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"judge {folder}: {e}; or pass another judge folder (--judge)") from None
+
+
+def resize_all(images, size: int) -> list[Image.Image]:
+    return [im.convert("RGB") if im.size == (size, size) else im.convert("RGB").resize((size, size), Image.BICUBIC)
+            for im in images]
+
+
+def score_judge(samples: dict, real: list, ps: PromptSet, judge) -> tuple[dict, dict]:
+    """Metrics and a per-prompt breakdown from the judge's embeddings and attribute readings."""
+    from .toyworld import judge as J
+    from .toyworld.world import SIZE
+    real = resize_all(real, SIZE)
+    e_real = J.embed(judge, real)
+    per, subj_e, subj_ok, prompt_ok, divs = {}, [], [], [], []
+    for p in ps.subject:
+        ims = resize_all(samples[p], SIZE)
+        e, seen, want = J.embed(judge, ims), J.predict(judge, ims), prompt_attributes(p)
+        is_subj = [float(seen["look"][i] == ps.look and seen["object"][i] == ps.object) for i in range(len(ims))]
+        agree = [agreement(want, seen, i) for i in range(len(ims))]
+        per[p] = {"subject_sim": cross_similarity(e, e_real), "subject_attr": float(np.mean(is_subj)),
+                  "prompt_attr": float(np.mean(agree)), "div": diversity(e) if len(ims) > 1 else float("nan")}
+        subj_e.append(e)
+        subj_ok += is_subj
+        prompt_ok += agree
+        divs.append(per[p]["div"])
+    cls = resize_all(samples[ps.class_prompt], SIZE)
+    e_cls, seen = J.embed(judge, cls), J.predict(judge, cls)
+    drift = [float(v == ps.look) for v in seen["look"]]
+    m = {"subject_sim": cross_similarity(torch.cat(subj_e), e_real), "subject_attr": float(np.mean(subj_ok)),
+         "prompt_attr": float(np.mean(prompt_ok)), "pres": cross_similarity(e_cls, e_real),
+         "pres_attr": float(np.mean(drift)), "div": float(np.mean(divs)),
+         "div_class": diversity(e_cls) if len(cls) > 1 else float("nan"),
+         "real_sim": self_similarity(e_real) if len(real) > 1 else float("nan")}
+    per[ps.class_prompt] = {"pres": m["pres"], "pres_attr": m["pres_attr"], "div": m["div_class"],
+                            "looks": {k: seen["look"].count(k) for k in sorted(set(seen["look"]))}}
+    return m, per
+
+
+def to_pixels(images, size: int, resize: int, mean, std) -> torch.Tensor:
+    """Resize the short side to `resize` (bicubic), centre-crop `size`, scale to [0, 1] and normalise: what the
+    CLIP and DINOv2 image processors do, without torchvision."""
+    out = []
+    for im in images:
+        im = im.convert("RGB")
+        w, h = im.size
+        s = resize / min(w, h)
+        w, h = max(size, round(w * s)), max(size, round(h * s))
+        im = im.resize((w, h), Image.BICUBIC)
+        left, top = (w - size) // 2, (h - size) // 2
+        out.append(np.asarray(im.crop((left, top, left + size, top + size)), np.float32) / 255)
+    x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def _features(out) -> torch.Tensor:
+    return out if torch.is_tensor(out) else out.pooler_output     # transformers 5 returns a model output
+
+
+class Encoders:
+    """CLIP (image and text) and DINOv2 (image) encoders, from the Hub or local folders; no remote code."""
+
+    def __init__(self, clip_model: str = CLIP_MODEL, dino_model: str = DINO_MODEL, device="cpu"):
+        from transformers import CLIPModel, CLIPTokenizer, Dinov2Model
+        self.device = torch.device(device)
+        try:
+            self.clip = CLIPModel.from_pretrained(str(clip_model)).to(self.device).eval()
+            self.tokenizer = CLIPTokenizer.from_pretrained(str(clip_model))
+        except OSError as e:
+            raise ConfigError(f"cannot load the CLIP model {clip_model} ({type(e).__name__}): pass a local folder "
+                              "of a transformers CLIPModel with --clip-model") from None
+        try:
+            self.dino = Dinov2Model.from_pretrained(str(dino_model)).to(self.device).eval()
+        except OSError as e:
+            raise ConfigError(f"cannot load the DINOv2 model {dino_model} ({type(e).__name__}): pass a local folder "
+                              "of a transformers Dinov2Model with --dino-model") from None
+        self.clip_size = self.clip.config.vision_config.image_size
+        self.dino_size = min(224, self.dino.config.image_size)
+
+    @torch.no_grad()
+    def clip_images(self, images, batch_size: int = 32) -> torch.Tensor:
+        feats = []
+        for i in range(0, len(images), batch_size):
+            x = to_pixels(images[i:i + batch_size], self.clip_size, self.clip_size, CLIP_MEAN, CLIP_STD)
+            feats.append(_features(self.clip.get_image_features(pixel_values=x.to(self.device))))
+        return F.normalize(torch.cat(feats).float().cpu(), dim=1)
+
+    @torch.no_grad()
+    def clip_texts(self, texts: list[str]) -> torch.Tensor:
+        t = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        return F.normalize(_features(self.clip.get_text_features(**t)).float().cpu(), dim=1)
+
+    @torch.no_grad()
+    def dino_images(self, images, batch_size: int = 32) -> torch.Tensor:
+        """The CLS token after the final layer norm (the paper's DINO embedding)."""
+        feats, resize = [], round(self.dino_size * 256 / 224)
+        for i in range(0, len(images), batch_size):
+            x = to_pixels(images[i:i + batch_size], self.dino_size, resize, IMAGENET_MEAN, IMAGENET_STD)
+            feats.append(self.dino(pixel_values=x.to(self.device)).pooler_output)
+        return F.normalize(torch.cat(feats).float().cpu(), dim=1)
+
+
+def score_clip(samples: dict, real: list, ps: PromptSet, enc: Encoders) -> tuple[dict, dict]:
+    """DINO, CLIP-I, CLIP-T, PRES and DIV. CLIP-T reads the prompt without the identifier, which CLIP never learnt."""
+    d_real, c_real = enc.dino_images(real), enc.clip_images(real)
+    texts = [" ".join(w for w in p.split() if w.lower() != ps.identifier) for p in ps.subject]
+    t_emb = enc.clip_texts(texts)
+    per, d_all, c_all, clip_t, divs = {}, [], [], [], []
+    for k, p in enumerate(ps.subject):
+        d, c = enc.dino_images(samples[p]), enc.clip_images(samples[p])
+        ct = (c @ t_emb[k]).tolist()
+        per[p] = {"subject_sim": cross_similarity(d, d_real), "clip_i": cross_similarity(c, c_real),
+                  "clip_t": float(np.mean(ct)), "div": diversity(d) if len(d) > 1 else float("nan")}
+        d_all.append(d)
+        c_all.append(c)
+        clip_t += ct
+        divs.append(per[p]["div"])
+    d_cls = enc.dino_images(samples[ps.class_prompt])
+    m = {"subject_sim": cross_similarity(torch.cat(d_all), d_real), "clip_i": cross_similarity(torch.cat(c_all), c_real),
+         "clip_t": float(np.mean(clip_t)), "pres": cross_similarity(d_cls, d_real), "div": float(np.mean(divs)),
+         "div_class": diversity(d_cls) if len(d_cls) > 1 else float("nan"),
+         "real_sim": self_similarity(d_real) if len(real) > 1 else float("nan")}
+    per[ps.class_prompt] = {"pres": m["pres"], "div": m["div_class"]}
+    return m, per
+
+
+# ----------------------------------------------------------------------------- sampling and the whole evaluation
+
+def generate(pipe, ps: PromptSet, num_samples: int = 4, class_samples: int = 16, seed: int = EVAL_SEED,
+             num_inference_steps: int = 20, guidance_scale: float = 5.0, scheduler: str = "dpm") -> dict:
+    """{prompt: images}: num_samples per subject prompt, class_samples for the class prompt, with seeds
+    seed, seed + 1, ... for every prompt, so two models are compared on the very same noise."""
+    from .pipeline import sample
+    prompts = [p for p in ps.subject for _ in range(num_samples)] + [ps.class_prompt] * class_samples
+    seeds = [seed + i for _ in ps.subject for i in range(num_samples)] + [seed + i for i in range(class_samples)]
+    images = sample(pipe, prompts, seeds, num_inference_steps, guidance_scale, scheduler)
+    out = {p: images[k * num_samples:(k + 1) * num_samples] for k, p in enumerate(ps.subject)}
+    out[ps.class_prompt] = images[len(ps.subject) * num_samples:]
+    return out
+
+
+def evaluate(model, subject_dir, backend: str = "judge", num_samples: int = 4, class_samples: int = 16,
+             seed: int = EVAL_SEED, num_inference_steps: int = 20, guidance_scale: float = 5.0, scheduler: str = "dpm",
+             instance_prompt: str | None = None, class_prompt: str | None = None, judge_dir=DEFAULT_JUDGE,
+             clip_model: str = CLIP_MODEL, dino_model: str = DINO_MODEL, device="cpu", grid=None) -> dict:
+    """Sample the prompt set from `model` (a pipeline folder or a loaded pipeline) and score it against the real
+    images in `subject_dir`. Returns {'metrics', 'per_prompt', 'settings', 'seconds'}; `grid`: also save the
+    samples as an image grid there (one row per prompt)."""
+    from .data import load_image, scan_images
+    t0 = time.time()
+    if backend not in ("judge", "clip"):
+        raise ConfigError(f"backend={backend} is not one of judge, clip")
+    if num_samples < 2 or class_samples < 2:
+        raise ConfigError("num_samples and class_samples must be at least 2 (DIV compares samples of one prompt)")
+    ps = prompt_set(subject_dir, instance_prompt, class_prompt)
+    if backend == "judge" and ps.look is None:
+        raise ConfigError(f"backend=judge needs a toy-world subject (a folder with subject.json); {subject_dir} has "
+                          "none: use backend=clip")
+    scorer = load_judge_or_fail(judge_dir) if backend == "judge" else Encoders(clip_model, dino_model, device)
+    real = [load_image(p) for p in scan_images(subject_dir, "the subject folder")]
+    pipe = model
+    if isinstance(model, (str, Path)):
+        from .pipeline import load_pipeline
+        pipe = load_pipeline(model, device=device)
+    samples = generate(pipe, ps, num_samples, class_samples, seed, num_inference_steps, guidance_scale, scheduler)
+    metrics, per = score_judge(samples, real, ps, scorer) if backend == "judge" else score_clip(samples, real, ps, scorer)
+    if grid is not None:
+        from .plots import save_grid
+        rows = ps.subject + [ps.class_prompt]
+        ims = [im for p in rows for im in samples[p][:num_samples]]
+        save_grid(ims, grid, rows=len(rows), row_labels=rows)
+    settings = {"backend": backend, "model": str(model) if isinstance(model, (str, Path)) else "<pipeline>",
+                "subject_dir": str(subject_dir), "num_samples": num_samples, "class_samples": class_samples,
+                "seed": seed, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+                "scheduler": scheduler, "prompts": ps.subject, "groups": ps.groups, "class_prompt": ps.class_prompt,
+                "scorer": str(judge_dir) if backend == "judge" else [str(clip_model), str(dino_model)]}
+    return {"metrics": metrics, "per_prompt": per, "settings": settings, "seconds": time.time() - t0}
+
+
+def format_table(metrics: dict) -> str:
+    """The metrics as an aligned text table with what each measures and which direction is better."""
+    rows = [(k, f"{metrics[k]:.3f}", METRICS[k][1], METRICS[k][0]) for k in METRICS if k in metrics]
+    w = [max(len(r[i]) for r in rows + [("metric", "value", "better", "")]) for i in range(3)]
+    lines = [f"{'metric':<{w[0]}}  {'value':>{w[1]}}  {'better':<{w[2]}}  what"]
+    lines += [f"{a:<{w[0]}}  {b:>{w[1]}}  {c:<{w[2]}}  {d}" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+def eval_command(cfg, model=None, backend: str = "auto", num_samples: int = 4, class_samples: int = 16,
+                 seed: int = EVAL_SEED, judge_dir=None, clip_model=CLIP_MODEL, dino_model=DINO_MODEL, out=None) -> dict:
+    """`dbtutor eval`: evaluate the trained output_dir (or `model`) on model.data.instance_dir; print a table,
+    write the result to output_dir/eval.json (atomically) and the samples to eval.png next to it."""
+    from .fileio import write_json
+    from .pipeline import pick_device
+    d, s = cfg.model.data, cfg.model.sampling
+    if model is None:
+        model = cfg.output_dir
+        if not (Path(model) / "model_index.json").exists():
+            raise ConfigError(f"output_dir={model} holds no trained pipeline: run `dbtutor train` first, or pass --model")
+    if backend == "auto":
+        backend = "judge" if (Path(d.instance_dir) / "subject.json").exists() else "clip"
+    out = Path(out) if out else Path(cfg.output_dir) / "eval.json"
+    res = evaluate(model, d.instance_dir, backend, num_samples, class_samples, seed, s.num_inference_steps,
+                   s.guidance_scale, s.scheduler, d.instance_prompt, d.regularization_prompt,
+                   judge_dir or DEFAULT_JUDGE, clip_model, dino_model, pick_device(cfg.trainer.device),
+                   grid=out.with_suffix(".png"))
+    print(f"{model} on {d.instance_dir} ({backend}, {num_samples} samples per prompt, "
+          f"{class_samples} of '{d.regularization_prompt}', {res['seconds']:.0f} s)")
+    print(format_table(res["metrics"]))
+    write_json(out, res)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return res
