@@ -50,7 +50,7 @@ def _unknown_key_error(key: str, valid: list[str], source: str) -> ConfigError:
 
 
 def _check_keys(node: DictConfig, valid: list[str], source: str, prefix=""):
-    for k, v in node.items():
+    for k, v in node.items_ex(resolve=False):          # resolving here would raise outside load_config's check
         key = f"{prefix}{k}"
         if key not in valid:
             raise _unknown_key_error(key, valid, source)

@@ -6,50 +6,100 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .errors import DataError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-Image.MAX_IMAGE_PIXELS = 64_000_000          # larger files are refused as decompression bombs
+SIDECAR_EXTS = {".json", ".txt", ".md", ".yaml", ".yml", ".csv", ".xmp"}   # notes and captions: ignored quietly
+MAX_PIXELS = 120_000_000          # larger images (or decompression bombs) are skipped; 108 MP phone photos pass
 
 
 class SkippedImageWarning(UserWarning):
     """An unusable file in an image folder was skipped."""
 
 
-def list_image_files(folder: str | Path, what: str = "image folder") -> list[Path]:
-    """Image-like files directly in `folder`, sorted; hidden files and sub-folders are ignored."""
-    folder = Path(folder)
+class UnusableImage(DataError):
+    """A file that is not a usable image; `.path` and `.reason` say which and why."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _entries(folder: Path, what: str = "image folder") -> tuple[list[Path], list[str]]:
+    """(image-like files, names of other entries worth a warning) directly in `folder`, sorted."""
+    from .fileio import _TEMP
     if not folder.is_dir():
         raise DataError(f"{what} {folder} does not exist: create it and put the images there")
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
+    files, ignored = [], []
+    for p in sorted(folder.iterdir()):
+        if _TEMP.match(p.name):                                   # our own atomic-write temp files
+            continue
+        if p.name.startswith("."):
+            ignored.append(p.name + ("/" if p.is_dir() else ""))
+        elif p.is_dir():
+            ignored.append(p.name + "/")
+        elif not p.is_file():
+            ignored.append(p.name + " (broken link)" if p.is_symlink() else p.name)
+        elif p.suffix.lower() in IMAGE_EXTS:
+            files.append(p)
+        elif p.suffix.lower() not in SIDECAR_EXTS:
+            ignored.append(p.name)
+    return files, ignored
+
+
+def list_image_files(folder: str | Path, what: str = "image folder") -> list[Path]:
+    """Image-like files directly in `folder`, sorted; hidden files and sub-folders are ignored."""
+    return _entries(Path(folder), what)[0]
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open any image as RGB with its EXIF orientation applied; raises DataError naming the file if unusable."""
+    """Open any image as RGB with its EXIF orientation applied; raises UnusableImage naming the file if unusable.
+
+    Animated images give their first frame; images above MAX_PIXELS are refused before they are decoded."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)                               # animated: first frame
+        if path.stat().st_size == 0:
+            raise UnusableImage(path, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # MAX_PIXELS decides below
+            im = Image.open(path)
+        with im:
+            if im.width * im.height > MAX_PIXELS:
+                raise UnusableImage(path, f"too large ({im.width}x{im.height} pixels, limit {MAX_PIXELS:,}): "
+                                          "shrink it first")
+            im.load()                                  # frame 0; truncated or corrupt data fails here
             im = ImageOps.exif_transpose(im)
             return to_rgb(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: not a usable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    except DataError:
+        raise
+    except Image.DecompressionBombError:
+        raise UnusableImage(path, f"too large (decompression bomb check; limit {MAX_PIXELS:,} pixels)") from None
+    except Exception as e:                             # any decoder failure means: not a usable image
+        if type(e).__name__ == "UnidentifiedImageError":
+            raise UnusableImage(path, "not an image Pillow can read") from None
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise UnusableImage(path, f"unreadable ({type(e).__name__}{': ' + msg if msg else ''})") from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB; transparency is composited over white, 16-bit is scaled to 8-bit."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if im.mode.startswith("I;16"):                     # 16-bit grey: 65535 -> 255
+        arr = np.asarray(im, dtype=np.float64) / 257.0
+        im = Image.fromarray(np.rint(arr).clip(0, 255).astype(np.uint8), "L")
+    elif im.mode == "I":                               # 32-bit int: 8- or 16-bit data, judged by its range
         arr = np.asarray(im, dtype=np.float64)
-        arr = arr / max(arr.max(), 1.0) * 255 if arr.max() > 255 else arr
-        im = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
+        top = arr.max(initial=0)
+        arr = arr if top <= 255 else arr / (257.0 if top <= 65535 else top / 255.0)
+        im = Image.fromarray(np.rint(arr).clip(0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":                               # float: [0, 1] or [0, 255]
+        arr = np.asarray(im, dtype=np.float64)
+        arr = arr * 255.0 if arr.max(initial=0) <= 1.0 else arr
+        im = Image.fromarray(np.rint(np.nan_to_num(arr)).clip(0, 255).astype(np.uint8), "L")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA"):
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, im).convert("RGB")
@@ -59,33 +109,45 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def scan_images(folder: str | Path, what: str = "instance_dir", min_count: int = 1) -> list[Path]:
     """The usable images of a folder; unreadable files are skipped with a warning naming them.
 
-    Raises one DataError if fewer than `min_count` usable images remain."""
-    good = []
-    for p in list_image_files(folder, what):
+    Hidden files, sub-folders and files of other types are not read (one warning lists them). Raises one
+    DataError, naming the folder and what was wrong with its files, if fewer than `min_count` usable images remain."""
+    folder = Path(folder)
+    files, ignored = _entries(folder, what)
+    good, skipped = [], []
+    for p in files:
         try:
             load_image(p)
             good.append(p)
-        except DataError as e:
-            warnings.warn(f"skipping {e}", SkippedImageWarning, stacklevel=2)
+        except UnusableImage as e:
+            skipped.append(e)
     if len(good) < min_count:
-        raise DataError(f"{what} {folder} holds no usable image (need {min_count}; "
-                        f"supported: {', '.join(sorted(IMAGE_EXTS))})")
+        found = [f"{e.path.name}: {e.reason}" for e in skipped] + [f"{n}: not read" for n in ignored]
+        detail = "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
+        raise DataError(f"{what} {folder} holds {len(good) or 'no'} usable image{'s' if len(good) > 1 else ''} "
+                        f"(need {min_count}){' - ' + detail if detail else ''}; supported: "
+                        f"{', '.join(sorted(IMAGE_EXTS))}")
+    for e in skipped:
+        warnings.warn(f"skipping {e}", SkippedImageWarning, stacklevel=2)
+    if ignored:
+        warnings.warn(f"{what} {folder}: not reading {', '.join(ignored)} (hidden files, sub-folders and other "
+                      "file types are ignored)", SkippedImageWarning, stacklevel=2)
     return good
 
 
 def preprocess(im: Image.Image, resolution: int, center_crop: bool = True,
                rng: np.random.Generator | None = None) -> torch.Tensor:
-    """Resize the short side to `resolution`, crop a square (centre or random), return 3xHxW in [-1, 1]."""
+    """Crop the largest square (centre or random), resize it to `resolution`, return 3xHxW in [-1, 1].
+
+    The same as resizing the short side to `resolution` and then cropping, but only the square is resampled,
+    so a very long and thin image cannot blow up memory."""
     w, h = im.size
-    s = resolution / min(w, h)
-    im = im.resize((max(resolution, round(w * s)), max(resolution, round(h * s))), Image.BICUBIC)
-    w, h = im.size
+    side = min(w, h)
     if center_crop:
-        left, top = (w - resolution) // 2, (h - resolution) // 2
+        left, top = (w - side) // 2, (h - side) // 2
     else:
         rng = rng or np.random.default_rng()
-        left, top = int(rng.integers(0, w - resolution + 1)), int(rng.integers(0, h - resolution + 1))
-    im = im.crop((left, top, left + resolution, top + resolution))
+        left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    im = im.resize((resolution, resolution), Image.BICUBIC, box=(left, top, left + side, top + side))
     x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)
     return x / 127.5 - 1.0
 

@@ -4,11 +4,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+# temp files are hidden (so image counts ignore them) and carry the writer's pid (so leftovers of a killed
+# process can be told apart from the live temp files of another process writing into the same folder)
+_TEMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)                      # mkstemp makes 0600 files; a finished file gets the usual permissions
 
 
 @contextmanager
@@ -16,16 +24,71 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path next to `path`; on success fsync and rename it over `path` (else delete it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        fault_point("atomic")
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def fsync_dir(folder) -> None:
+    """Make a rename in `folder` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder) -> None:
+    """fsync every file under `folder`, then the folders: call before renaming a freshly written folder into place."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(root)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temps(folder) -> list[Path]:
+    """Delete the temp files that a killed process left in `folder` (never those of a process still running)."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TEMP.match(p.name)
+        if m and p.is_file() and not _pid_alive(int(m.group(1))):
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def write_text(path, text: str):
@@ -61,3 +124,26 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# --- test hook -----------------------------------------------------------------------------------------------
+FAULT_ENV = "DBTUTOR_FAULT"
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """TEST HOOK, inert unless the environment sets DBTUTOR_FAULT=<name>:<n>[:INT].
+
+    The n-th time this process passes the named point it sends itself SIGKILL (or SIGINT with ':INT'), so that
+    tests/test_fault_injection.py can stop a real run at an exact place. Points: atomic (a temp file is written,
+    not yet renamed), reg (a class image saved), cache (a latent entry saved), ckpt (a checkpoint half written),
+    pipeline (the output pipeline written, then after each part swapped in), step (a training step done)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, n, *how = spec.split(":")
+    if point != name:
+        return
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    if _fault_hits[name] == int(n):
+        os.kill(os.getpid(), signal.SIGINT if how == ["INT"] else getattr(signal, "SIGKILL", signal.SIGTERM))

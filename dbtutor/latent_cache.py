@@ -4,7 +4,8 @@ NeMo re-encodes when the number of cached files differs from the number of image
 named by a key = hash(image bytes, resolution, crop, VAE identity), listed in `manifest.json`; so a replaced,
 edited, added or removed image, a new resolution or crop, or another VAE is noticed and only what changed is
 (re-)encoded. Entries hold the latent distribution (mean, logvar) in safetensors: training samples from it each
-step, as NeMo does, and nothing is unpickled.
+step, as NeMo does, and nothing is unpickled. Each entry also records its key and a digest of its numbers, so a
+damaged file (truncated, edited, swapped with another entry) is rebuilt instead of trusted.
 """
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .data import load_image, preprocess
-from .fileio import atomic_path, sha256_file, write_json
+from .fileio import atomic_path, fault_point, remove_stale_temps, sha256_file, write_json
 
 MANIFEST = "manifest.json"
-VERSION = 1
+VERSION = 2                 # 2: entries carry their key and digest; the crop is taken before resizing
 
 
 def vae_identity(vae) -> str:
@@ -37,19 +38,44 @@ def entry_key(image_sha: str, resolution: int, center_crop: bool, vae_id: str) -
     return hashlib.sha256(f"{image_sha}|{resolution}|{center_crop}|{vae_id}|v{VERSION}".encode()).hexdigest()[:24]
 
 
-def _load_entry(path: Path, latent_shape=None):
-    """(mean, logvar) from a cache file, or None if it is missing, corrupt or not finite."""
+def latent_shape(vae, resolution: int) -> tuple[int, int, int]:
+    """(channels, h, w) of the latent of a resolution x resolution image."""
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    return (vae.config.latent_channels, resolution // f, resolution // f)
+
+
+def _digest(mean: torch.Tensor, logvar: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in (mean, logvar):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _save_entry(path: Path, key: str, mean: torch.Tensor, logvar: torch.Tensor):
+    with atomic_path(path) as tmp:
+        save_file({"mean": mean, "logvar": logvar}, str(tmp), metadata={"key": key, "digest": _digest(mean, logvar)})
+
+
+def _load_entry(path: Path, key: str, shape=None):
+    """(mean, logvar) from a cache file, or None if it is missing, damaged, for another key or not finite."""
     if not path.exists():
         return None
     try:
-        t = load_file(str(path))
-        mean, logvar = t["mean"], t["logvar"]
-    except (SafetensorError, KeyError, OSError, RuntimeError, ValueError):
-        warnings.warn(f"latent cache file {path} is corrupt: re-encoding it")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            mean, logvar = f.get_tensor("mean").float(), f.get_tensor("logvar").float()
+    except Exception as e:          # safetensors raises several types for a damaged header or body
+        warnings.warn(f"latent cache file {path} is damaged ({type(e).__name__}): encoding its image again",
+                      stacklevel=3)
         return None
-    if mean.shape != logvar.shape or not (torch.isfinite(mean).all() and torch.isfinite(logvar).all()) \
-            or (latent_shape is not None and tuple(mean.shape) != tuple(latent_shape)):
-        warnings.warn(f"latent cache file {path} does not hold a valid latent: re-encoding it")
+    ok = (meta.get("key") == key and mean.shape == logvar.shape
+          and (shape is None or tuple(mean.shape) == tuple(shape))
+          and bool(torch.isfinite(mean).all() and torch.isfinite(logvar).all())
+          and meta.get("digest") == _digest(mean, logvar))
+    if not ok:
+        warnings.warn(f"latent cache file {path} does not hold the latent it should: encoding its image again",
+                      stacklevel=3)
         return None
     return mean, logvar
 
@@ -63,9 +89,11 @@ def cache_latents(image_paths: list[Path], cache_dir: str | Path, vae, resolutio
     removes entries of images that are gone; writes the manifest last."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(cache_dir)
     vae_id = vae_identity(vae)
+    shape = latent_shape(vae, resolution)
     keys = [entry_key(sha256_file(p), resolution, center_crop, vae_id) for p in image_paths]
-    found = {k: _load_entry(cache_dir / f"{k}.safetensors") for k in set(keys)}
+    found = {k: _load_entry(cache_dir / f"{k}.safetensors", k, shape) for k in set(keys)}
     todo = [i for i, k in enumerate(keys) if found[k] is None]
     device, dtype = vae.device, vae.dtype
     for s in range(0, len(todo), batch_size):
@@ -73,17 +101,18 @@ def cache_latents(image_paths: list[Path], cache_dir: str | Path, vae, resolutio
         x = torch.stack([preprocess(load_image(image_paths[i]), resolution, center_crop) for i in chunk])
         post = vae.encode(x.to(device, dtype)).latent_dist
         for j, i in enumerate(chunk):
-            entry = {"mean": post.mean[j].float().cpu().contiguous(), "logvar": post.logvar[j].float().cpu().contiguous()}
-            with atomic_path(cache_dir / f"{keys[i]}.safetensors") as tmp:
-                save_file(entry, str(tmp))
-            found[keys[i]] = (entry["mean"], entry["logvar"])
+            mean, logvar = post.mean[j].float().cpu().contiguous(), post.logvar[j].float().cpu().contiguous()
+            _save_entry(cache_dir / f"{keys[i]}.safetensors", keys[i], mean, logvar)
+            found[keys[i]] = (mean, logvar)
+            fault_point("cache")
     manifest = {"version": VERSION, "vae": vae_id, "resolution": resolution, "center_crop": center_crop,
                 "entries": {str(p): k for p, k in zip(image_paths, keys)}}
-    for stale in set(p.stem for p in cache_dir.glob("*.safetensors")) - set(keys):
-        (cache_dir / f"{stale}.safetensors").unlink()
+    for stale in set(p.stem for p in cache_dir.glob("*.safetensors") if not p.name.startswith(".")) - set(keys):
+        (cache_dir / f"{stale}.safetensors").unlink(missing_ok=True)
     write_json(cache_dir / MANIFEST, manifest)
+    done = set(todo)
     return {"mean": torch.stack([found[k][0] for k in keys]), "logvar": torch.stack([found[k][1] for k in keys]),
-            "encoded": [image_paths[i] for i in todo], "reused": [p for i, p in enumerate(image_paths) if i not in set(todo)]}
+            "encoded": [image_paths[i] for i in todo], "reused": [p for i, p in enumerate(image_paths) if i not in done]}
 
 
 def sample_latents(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
