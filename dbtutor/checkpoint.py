@@ -4,14 +4,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from .errors import ConfigError
-from .fileio import load_torch, save_torch, write_json, write_text
+from .errors import ConfigError, DataError, DBTutorError, TrainingError
+from .fileio import fault_point, fsync_dir, fsync_tree, load_torch, save_torch, write_json, write_text
 
 CKPT = "checkpoints"
 KEEP = 2
@@ -42,21 +44,54 @@ def step_dir(out: Path, step: int) -> Path:
     return Path(out) / CKPT / f"step_{step:06d}"
 
 
-def save(out, cfg, modules: dict, optimizer, lr_sched, step: int, history: list[dict]):
-    """Write checkpoints/step_N as a temp folder renamed into place; keep the newest KEEP."""
+def _weights(module) -> dict:
+    """What a checkpoint keeps of a module: all of it, or with LoRA only the (small) adapter tensors."""
+    from .lora import adapter_state, has_lora
+    state = adapter_state(module) if has_lora(module) else module.state_dict()
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def save(out, cfg, modules: dict, optimizer, lr_sched, step: int, history: list[dict], world_size: int = 1):
+    """Write checkpoints/step_N as a temp folder renamed into place; keep the newest KEEP.
+
+    Only one process writes checkpoints. Killed at any moment, the folder holds the checkpoints it held before,
+    plus at most a hidden half-written .tmp-step_N that the next save removes and resume never reads.
+    Weights that are not finite are refused (TrainingError): the last good checkpoint stays the newest."""
     final = step_dir(out, step)
     tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for left in final.parent.glob(".tmp-step_*") if final.parent.is_dir() else []:
+        shutil.rmtree(left, ignore_errors=True)      # a save that was killed
+    for left in final.parent.glob(".del-step_*") if final.parent.is_dir() else []:
+        shutil.rmtree(left, ignore_errors=True)      # a removal that was killed
+    weights = {name: _weights(m) for name, m in modules.items()}
+    for name, w in weights.items():
+        bad = [k for k, v in w.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise TrainingError(f"the {name} weights are not finite after step {step} ({bad[0]}): lower optim.lr "
+                                f"or use trainer.precision=32; the last good checkpoint in {final.parent} is kept")
     tmp.mkdir(parents=True)
-    for name, m in modules.items():
-        save_file({k: v.detach().contiguous() for k, v in m.state_dict().items()}, str(tmp / f"{name}.safetensors"))
+    for name, w in weights.items():
+        save_file(w, str(tmp / f"{name}.safetensors"))
+        fault_point("ckpt")
     save_torch({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_sched.state_dict()}, tmp / "optimizer.pt")
-    write_json(tmp / "state.json", {"step": step, "history": history, "config": fingerprint(cfg)})
-    if final.exists():
-        shutil.rmtree(final)
+    write_json(tmp / "state.json", {"step": step, "history": history, "config": fingerprint(cfg),
+                                    "world_size": world_size})
+    fsync_tree(tmp)
+    if final.exists():                               # the same step again (a finished run rerun): swap
+        _remove(final)
     os.replace(tmp, final)
+    fsync_dir(final.parent)
     for old in complete(out)[:-KEEP]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
+
+
+def _remove(folder: Path):
+    """Delete a folder by renaming it to a hidden name first: a kill half-way never leaves a half-deleted
+    folder under its old name (which could look complete)."""
+    gone = folder.with_name(f".del-{folder.name}")
+    shutil.rmtree(gone, ignore_errors=True)
+    os.replace(folder, gone)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def complete(out) -> list[Path]:
@@ -67,12 +102,22 @@ def complete(out) -> list[Path]:
     return sorted((p for p in root.glob("step_*") if (p / "state.json").exists()), key=lambda p: p.name)
 
 
-def latest(out, cfg) -> Path | None:
-    """The newest checkpoint, after checking it was made with the same training config."""
+def latest(out, cfg, world_size: int = 1) -> Path | None:
+    """The newest checkpoint, after checking it was made with the same training config and global batch."""
     dirs = complete(out)
     if not dirs:
         return None
-    saved = json.loads((dirs[-1] / "state.json").read_text())["config"]
+    try:
+        state = json.loads((dirs[-1] / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"checkpoint {dirs[-1]} cannot be read ({type(e).__name__}): delete that folder to resume "
+                        "from an older one, or set trainer.resume=false to start over") from None
+    was = state.get("world_size", 1)
+    if was != world_size:
+        raise ConfigError(f"{dirs[-1]} was trained by {was} process(es), this run has {world_size}: the global batch "
+                          f"(trainer.batch_size x processes) would change; launch {was} process(es), use another "
+                          "output_dir, or trainer.resume=false to start over")
+    saved = state["config"]
     now = fingerprint(cfg)
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff:
@@ -82,8 +127,25 @@ def latest(out, cfg) -> Path | None:
 
 
 def restore(path: Path, modules: dict, optimizer, lr_sched) -> tuple[int, list[dict]]:
+    """Load a checkpoint into the modules, optimizer and lr schedule; a damaged file is one clear error."""
+    try:
+        return _restore(path, modules, optimizer, lr_sched)
+    except DBTutorError:
+        raise
+    except Exception as e:                           # a damaged file, or a pickle that weights_only refuses
+        msg = str(e).splitlines()[0][:200] if str(e) else ""
+        raise DataError(f"checkpoint {path} cannot be loaded ({type(e).__name__}: {msg}): delete that folder to "
+                        f"resume from an older one, or set trainer.resume=false to start over") from None
+
+
+def _restore(path: Path, modules: dict, optimizer, lr_sched) -> tuple[int, list[dict]]:
+    from .lora import has_lora, load_adapter_state
     for name, m in modules.items():
-        m.load_state_dict(load_file(str(path / f"{name}.safetensors")))
+        weights = load_file(str(path / f"{name}.safetensors"))
+        if has_lora(m):
+            load_adapter_state(m, weights, str(path / f"{name}.safetensors"))
+        else:
+            m.load_state_dict(weights)
     opt = load_torch(path / "optimizer.pt")
     optimizer.load_state_dict(opt["optimizer"])
     lr_sched.load_state_dict(opt["lr_scheduler"])
@@ -95,25 +157,106 @@ def clear(out):
     shutil.rmtree(Path(out) / CKPT, ignore_errors=True)
 
 
+PIPELINE_NEW, PIPELINE_OLD, READY = ".pipeline.new", ".pipeline.old", ".ready"
+
+
 def save_pipeline(pipe, cfg, out, history):
-    """Save a complete diffusers pipeline into `out` (each part swapped in by rename), plus history and config."""
+    """Save a complete diffusers pipeline into `out`, with history.json and dreambooth.yaml.
+
+    Crash-safe: the new pipeline is written whole into out/.pipeline.new first (the old output stays loadable
+    all that time), then its parts are swapped in by renames, with model_index.json moved away first and moved
+    in last. Killed at any moment, `out` holds the previous pipeline, or the new one, or - during the
+    milliseconds of the swap - no model_index.json (so it does not load half-new); the next save (a rerun)
+    finishes or discards the interrupted one first (recover_output)."""
     out = Path(out)
-    tmp = out / ".pipeline.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    recover_output(out)
+    new = out / PIPELINE_NEW
+    shutil.rmtree(new, ignore_errors=True)
     pipe.unet.to(memory_format=torch.contiguous_format)
-    from .lora import save_lora
-    save_lora(pipe, cfg, tmp)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    for item in sorted(tmp.iterdir()):
-        dest = out / item.name
-        if dest.is_dir():
-            old = out / f".old-{item.name}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(item, dest)
-            shutil.rmtree(old)
-        else:
-            os.replace(item, dest)
-    tmp.rmdir()
-    write_json(out / "history.json", history)
-    write_text(out / "dreambooth.yaml", OmegaConf.to_yaml(cfg))
+    from .lora import fuse_lora, save_lora
+    save_lora(pipe, cfg, new)           # LoRA: the adapters alone, for base + load_lora_weights(out) ...
+    fuse_lora(pipe)                     # ... and the pipeline with them merged in, for from_pretrained(out)
+    pipe.save_pretrained(new, safe_serialization=True)
+    write_json(new / "history.json", history)
+    write_text(new / "dreambooth.yaml", OmegaConf.to_yaml(cfg))
+    fsync_tree(new)
+    write_json(new / READY, sorted(p.name for p in new.iterdir()))   # the list of parts; written last
+    fault_point("pipeline")
+    _swap(out)
+
+
+def _pipeline_parts(index: Path) -> set[str]:
+    """The entries of `out` that belong to the pipeline described by a model_index.json (if it is readable)."""
+    from .lora import WEIGHT_NAME
+    parts = {WEIGHT_NAME}               # an earlier LoRA run's adapters would not match a new pipeline
+    try:
+        parts |= {k for k, v in json.loads(index.read_text()).items()
+                  if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return parts
+
+
+def _swap(out: Path):
+    """Move the parts of out/.pipeline.new into `out`; can be rerun after a kill at any point (idempotent)."""
+    new, old = out / PIPELINE_NEW, out / PIPELINE_OLD
+    parts = json.loads((new / READY).read_text())
+    old.mkdir(exist_ok=True)
+    index = out / "model_index.json"
+    if (new / "model_index.json").exists() and index.exists():
+        os.replace(index, old / "model_index.json")  # from here until the commit, `out` is not a pipeline
+    for name in sorted((set(parts) | _pipeline_parts(old / "model_index.json")) - {"model_index.json"}):
+        src, dest = new / name, out / name
+        if name in parts and not src.exists():
+            continue                                 # swapped in before an interruption
+        if dest.exists() or dest.is_symlink():
+            aside = old / name
+            if aside.is_dir():
+                shutil.rmtree(aside)
+            os.replace(dest, aside)
+        if src.exists():
+            os.replace(src, dest)
+        fault_point("pipeline")
+    if (new / "model_index.json").exists():
+        os.replace(new / "model_index.json", index)  # the commit
+    fsync_dir(out)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(new, ignore_errors=True)
+
+
+def recover_output(out) -> None:
+    """Finish a pipeline swap that was interrupted, or discard a pipeline that was not completely written."""
+    out = Path(out)
+    new = out / PIPELINE_NEW
+    if (new / READY).exists():
+        _swap(out)
+    else:
+        shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(out / PIPELINE_OLD, ignore_errors=True)
+    shutil.rmtree(out / ".pipeline.tmp", ignore_errors=True)        # the layout of older versions
+
+
+class DeferredInterrupt:
+    """Ctrl-C (SIGINT) during training: finish the current step, save a checkpoint, then stop.
+
+    Installed for the training loop (main thread only); `requested` turns true on the first Ctrl-C, and the loop
+    saves and raises KeyboardInterrupt at the end of the step. A second Ctrl-C stops at once (the last checkpoint
+    is kept). `restore()` puts the previous handler back."""
+
+    def __init__(self):
+        self.requested, self._installed, self._previous = False, False, None
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self):
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
