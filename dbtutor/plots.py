@@ -88,3 +88,71 @@ def comparison_grid(samples: dict, prompts: list[str], per_prompt: int, title=No
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def attribute_bars(predictions: dict, keys=("color", "pattern", "scene", "look"), title=None):
+    """Counts of each attribute value the judge names ({'color': [names], ...}): the prior, in numbers."""
+    from collections import Counter
+    keys = [k for k in keys if k in predictions]
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 2.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        counts = Counter(predictions[key])
+        names = sorted(counts, key=lambda n: -counts[n])
+        ax.bar(range(len(names)), [counts[n] for n in names], color="#4a7ab8")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+        ax.set_title(key, fontsize=9)
+    axes[0, 0].set_ylabel("images")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def latent_figure(image, latent, reconstruction, scale: float = 1.6):
+    """An image, its latent channels (each min-max scaled, grey) and the VAE's reconstruction, in one row."""
+    lat = np.asarray(latent.detach().float().cpu()) if hasattr(latent, "detach") else np.asarray(latent)
+    n = lat.shape[0]
+    fig, axes = plt.subplots(1, n + 2, figsize=((n + 2) * scale, scale + 0.5))
+    panels = [(np.asarray(image), "image")] + [(lat[c], f"latent ch {c}") for c in range(n)] + \
+             [(np.asarray(reconstruction), "decoded")]
+    for ax, (x, label) in zip(axes, panels):
+        ax.imshow(x, cmap="gray" if x.ndim == 2 else None, interpolation="nearest")
+        ax.set_title(f"{label}\n{x.shape[1]}x{x.shape[0]}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def bar_chart(values: dict, ylabel: str = "", title=None, fmt: str = "{:.2f}"):
+    """One labelled bar per entry of {name: value}."""
+    fig, ax = plt.subplots(figsize=(1.4 * len(values) + 1.5, 2.8))
+    bars = ax.bar(list(values), list(values.values()), color="#4a7ab8")
+    for b, v in zip(bars, values.values()):
+        ax.annotate(fmt.format(v), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
+                    fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="x", labelsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_plot(weights, scores: list[dict], title=None):
+    """Subject fidelity and class preservation (1 - class drift) against prior_loss_weight."""
+    order = np.argsort(weights)
+    w = np.asarray(weights, dtype=float)[order]
+    fid = np.array([scores[i]["subject_fidelity"] for i in order])
+    keep = 1 - np.array([scores[i]["class_drift"] for i in order])
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(w, fid, "o-", label="subject fidelity ('sks' prompts show the subject)")
+    ax.plot(w, keep, "s-", label="class preservation (bare class keeps its own looks)")
+    ax.set_xlabel("prior_loss_weight (λ)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title or "the prior-preservation trade-off", fontsize=10)
+    fig.tight_layout()
+    return fig
