@@ -1,4 +1,4 @@
-"""The `dbtutor` command line: train, generate-reg, cache, sample; each takes --config FILE and key=value overrides."""
+"""The `dbtutor` command line: train, generate-reg, cache, sample, eval, ablate; each takes --config FILE and key=value overrides."""
 from __future__ import annotations
 
 import argparse
@@ -15,9 +15,21 @@ def _common(p):
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.prior_loss_weight=0.5")
 
 
+def _csv(kind):
+    """argparse type for a comma-separated list (a space-separated one would swallow the key=value overrides)."""
+    def parse(text):
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of {kind.__name__}") from None
+    return parse
+
+
 def cmd_train(args, cfg):
     from .train import train
     res = train(cfg)
+    if os.environ.get("RANK", "0") != "0":      # under accelerate launch / torchrun: one report, from rank 0
+        return
     h = res.history[-1] if res.history else {}
     print(f"trained {len(res.history)} steps in {res.seconds:.0f} s; last instance loss "
           f"{h.get('instance_loss', float('nan')):.4f}, prior loss {h.get('prior_loss', float('nan')):.4f}")
@@ -54,7 +66,22 @@ def cmd_sample(args, cfg):
     print(f"sampled {len(images)} images from {src} into {out}")
 
 
-COMMANDS = {"train": cmd_train, "generate-reg": cmd_generate_reg, "cache": cmd_cache, "sample": cmd_sample}
+def cmd_eval(args, cfg):
+    from .evaluate import eval_command
+    eval_command(cfg, model=args.model, backend=args.backend, num_samples=args.num_samples,
+                 class_samples=args.class_samples, seed=args.seed, judge_dir=args.judge, clip_model=args.clip_model,
+                 dino_model=args.dino_model, out=args.out)
+
+
+def cmd_ablate(args, cfg):
+    from .ablate import ablate
+    ablate(cfg, subjects=args.subjects, seeds=args.seeds, weights=args.weights, steps=args.steps, work=args.work,
+           judge_dir=args.judge, num_samples=args.num_samples, class_samples=args.class_samples,
+           num_reg_images=args.num_reg_images, quick=args.quick, keep_models=args.keep_models)
+
+
+COMMANDS = {"train": cmd_train, "generate-reg": cmd_generate_reg, "cache": cmd_cache, "sample": cmd_sample,
+            "eval": cmd_eval, "ablate": cmd_ablate}
 
 
 def build_parser():
@@ -63,7 +90,10 @@ def build_parser():
     for name, help_ in [("train", "generate class images if needed, cache latents, train, save the pipeline"),
                         ("generate-reg", "fill model.data.regularization_dir up to num_reg_images"),
                         ("cache", "encode the instance (and class) images into the latent cache"),
-                        ("sample", "generate a grid of images from the trained (or base) model")]:
+                        ("sample", "generate a grid of images from the trained (or base) model"),
+                        ("eval", "measure subject fidelity, prompt fidelity, PRES and DIV of the trained model"),
+                        ("ablate", "the paper's prior-preservation ablation: train and evaluate with/without, "
+                                   "over prior_loss_weight, subjects and seeds")]:
         p = sub.add_parser(name, help=help_)
         _common(p)
         if name == "sample":
@@ -72,13 +102,51 @@ def build_parser():
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--model", default=None, help="pipeline folder (default: output_dir if trained, else model.pretrained)")
             p.add_argument("--out", default="work/samples.png")
+        if name == "eval":
+            from .evaluate import CLIP_MODEL, DINO_MODEL, EVAL_SEED
+            p.add_argument("--model", default=None, help="pipeline folder (default: output_dir)")
+            p.add_argument("--backend", choices=("auto", "judge", "clip"), default="auto",
+                           help="judge (toy-world subjects) or clip (CLIP + DINOv2); auto picks by subject.json")
+            p.add_argument("--num-samples", type=int, default=4, help="samples per subject prompt")
+            p.add_argument("--class-samples", type=int, default=16, help="samples of the bare class prompt (PRES)")
+            p.add_argument("--seed", type=int, default=EVAL_SEED, help="first sampling seed")
+            p.add_argument("--judge", default=None, help="judge folder (default: data/models/toyworld-judge)")
+            p.add_argument("--clip-model", default=CLIP_MODEL, help="CLIPModel hub id or folder (backend clip)")
+            p.add_argument("--dino-model", default=DINO_MODEL, help="Dinov2Model hub id or folder (backend clip)")
+            p.add_argument("--out", default=None, help="JSON file (default: output_dir/eval.json)")
+        if name == "ablate":
+            p.add_argument("--quick", action="store_true", help="one subject, one seed, 30 steps: checks the machinery")
+            p.add_argument("--subjects", type=_csv(str), default=None,
+                           help="comma-separated subject folders of data/subjects (default: all)")
+            p.add_argument("--seeds", type=_csv(int), default=None, help="training seeds, e.g. 0,1,2 (the default)")
+            p.add_argument("--weights", type=_csv(float), default=None,
+                           help="prior_loss_weight values; 0 = without prior preservation (default: 0,0.25,1,2)")
+            p.add_argument("--steps", type=int, default=None, help="training steps per run (default: trainer.max_steps)")
+            p.add_argument("--num-samples", type=int, default=None, help="samples per subject prompt (default 4)")
+            p.add_argument("--class-samples", type=int, default=None, help="samples of the class prompt (default 16)")
+            p.add_argument("--num-reg-images", type=int, default=None, help="class images (default: config's)")
+            p.add_argument("--judge", default=None, help="judge folder (default: data/models/toyworld-judge)")
+            p.add_argument("--work", default=None, help="work folder (default: work/ablation, or work/ablation-quick)")
+            p.add_argument("--keep-models", action="store_true", help="keep each run's trained pipeline")
     return ap
+
+
+def _quiet(command: str):
+    """Warnings as one line each, no library chatter (loading bars, advisories); DBTUTOR_DEBUG=1 shows it all."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.showwarning = lambda message, *a, **k: print(f"dbtutor: warning: {message}", file=sys.stderr)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if command in ("train", "generate-reg", "cache", "sample"):
+        from diffusers.utils import logging as diffusers_logging
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if not os.environ.get("DBTUTOR_DEBUG"):
-        warnings.filterwarnings("ignore", category=FutureWarning)
+        _quiet(args.command)
     try:
         from .config import load_config
         cfg = load_config(args.config, args.overrides)
@@ -87,7 +155,8 @@ def main(argv=None):
         print(f"dbtutor: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dbtutor: interrupted; the last checkpoint is kept, rerun the same command to resume", file=sys.stderr)
+        print("dbtutor: interrupted; the finished steps are in the last checkpoint, rerun the same command to resume",
+              file=sys.stderr)
         return 130
     return 0
 
