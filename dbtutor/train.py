@@ -113,12 +113,17 @@ class LatentSource:
             self.dataset = DreamBoothDataset(paths[0].parent, "", d.resolution, d.center_crop, seed=cfg.trainer.seed)
             self.dataset.instance_paths = paths
 
-    def __call__(self, idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Scaled latents mean + std * eps for images idx (modulo the image count)."""
+    def __call__(self, idx: torch.Tensor, eps: torch.Tensor, crop_seed=None) -> torch.Tensor:
+        """Scaled latents mean + std * eps for images idx (modulo the image count).
+
+        Uncached random crops are drawn from `crop_seed`, so a resumed run crops as an unbroken one does."""
         idx = idx % self.n
         if self.cached:
             mean, logvar = self.mean[idx], self.logvar[idx]
         else:
+            if crop_seed is not None:
+                import numpy as np
+                self.dataset.rng = np.random.default_rng(crop_seed)
             px = collate([self.dataset[i] for i in idx.tolist()])["pixel_values"]
             with torch.no_grad():
                 post = self.vae.encode(px.to(self.vae.device, self.vae.dtype)).latent_dist
@@ -222,7 +227,7 @@ def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
                 eps = torch.randn((B * world, *latent_shape), generator=g)[mine]
                 noises.append(torch.randn((B * world, *latent_shape), generator=g)[mine])
                 ts.append(torch.randint(0, noise_scheduler.config.num_train_timesteps, (B * world,), generator=g)[mine])
-                zs.append(src(idx, eps))
+                zs.append(src(idx, eps, crop_seed=(tr.seed, step, k)))
                 embeds_idx += [k] * B
                 drawn.append([step, k, (idx % src.n).tolist()])
             z, noise, t = torch.cat(zs).to(device), torch.cat(noises).to(device), torch.cat(ts).to(device)
