@@ -63,7 +63,7 @@ def fsync_tree(folder) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name == "nt":      # on Windows os.kill(pid, 0) would end that process
         return True
     try:
         os.kill(pid, 0)
