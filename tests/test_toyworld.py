@@ -90,3 +90,24 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
     assert images[0].size == (64, 64)
     judge = load_judge(tmp_path / "models" / "toyworld-judge")
     assert set(predict(judge, images)) == {"object", "color", "pattern", "scene", "look"}
+
+    # one command with warm-restart ends (2,4) reproduces "2 steps, then extended to 4" exactly
+    import shutil
+    from safetensors.torch import load_file
+    shutil.copytree(tmp_path / "work", tmp_path / "work2", ignore=shutil.ignore_patterns("unet.ckpt", "log.txt"))
+    shutil.copytree(tmp_path / "models" / "toyworld-judge", tmp_path / "models2" / "toyworld-judge")
+    pretrain.main(["--out", str(tmp_path / "models2"), "--work", str(tmp_path / "work2")] + args[4:]
+                  + ["--unet-steps", "2,4"])
+    a, b = (load_file(tmp_path / m / "toyworld" / "unet" / "diffusion_pytorch_model.safetensors")
+            for m in ("models", "models2"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_warm_restart_schedule_matches_an_extended_run():
+    from dbtutor.toyworld.pretrain import _ends, lr_factor
+    assert [lr_factor(s, (300, 900), 20) for s in range(301)] == [lr_factor(s, (300,), 20) for s in range(301)]
+    assert [lr_factor(s, (300, 900), 20) for s in range(301, 900)] == [lr_factor(s, (900,), 20) for s in range(301, 900)]
+    assert lr_factor(300, (300,), 20) < 0.11 < lr_factor(301, (300, 900), 20)
+    assert _ends("3000,9000") == (3000, 9000)
+    with pytest.raises(Exception, match="increasing"):
+        _ends("9000,3000")

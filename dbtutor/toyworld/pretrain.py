@@ -70,12 +70,27 @@ def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
 
 # ----------------------------------------------------------------------------- a resumable loop
 
+def lr_factor(s: int, ends: tuple[int, ...], warmup: int) -> float:
+    """Warmup, then cosine decay to 0.1 towards the next end (several ends = warm restarts).
+
+    Step s == an end still belongs to the finished cycle: a resumed run takes that step's rate from the
+    optimizer state the earlier run saved."""
+    end = next((e for e in ends if s <= e), ends[-1])
+    return min(1, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / end, 1))))
+
+
 def train_loop(stage, work, steps, seed, params, modules, step_fn, lr, ckpt_every=250, ema=None, warmup=200):
-    """Generic AdamW loop with warmup + cosine decay, checkpoint/resume, and an optional EMA of `modules`."""
+    """Generic AdamW loop with warmup + cosine decay, checkpoint/resume, and an optional EMA of `modules`.
+
+    steps is an int or an increasing tuple of ends, e.g. (3000, 9000): the cosine runs to 3000, then restarts
+    on the 9000-step curve. That is exactly what re-running a finished 3000-step stage with 9000 steps does,
+    so a stage can be extended later and the single command still reproduces the result.
+    """
+    ends = tuple(steps) if isinstance(steps, (tuple, list)) else (steps,)
+    steps = ends[-1]
     ckpt = work / f"{stage}.ckpt"
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warmup) *
-                                              (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, ends, warmup))
     start = 0
     if ckpt.exists():
         state = load_torch(ckpt)
@@ -252,6 +267,13 @@ Load it with `StableDiffusionPipeline.from_pretrained(this_folder)`. Tokenizer f
 """
 
 
+def _ends(text: str) -> tuple[int, ...]:
+    ends = tuple(int(x) for x in text.split(","))
+    if list(ends) != sorted(set(ends)) or ends[0] <= 0:
+        raise argparse.ArgumentTypeError(f"--unet-steps {text}: give positive, increasing step counts, e.g. 3000,9000")
+    return ends
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("data/models"))
@@ -262,7 +284,8 @@ def main(argv=None):
     ap.add_argument("--judge-steps", type=int, default=2500)
     ap.add_argument("--vae-steps", type=int, default=3000)
     ap.add_argument("--vae-full-steps", type=int, default=300, help="of --vae-steps, how many at 64 px (rest: 32 px crops)")
-    ap.add_argument("--unet-steps", type=int, default=3000)
+    ap.add_argument("--unet-steps", type=_ends, default=(3000, 9000),
+                    help="steps, or increasing ends with warm restarts, e.g. 3000,9000 (the shipped weights)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
