@@ -158,6 +158,10 @@ def validate(cfg: DictConfig):
                               "(a folder for the class images; it is filled automatically)")
         if d.num_reg_images < 1:
             raise ConfigError("model.with_prior_preservation=true needs model.data.num_reg_images >= 1")
+    if cfg.model.use_cached_latents and d.cached_instance_dir and d.cached_reg_dir and \
+            Path(d.cached_instance_dir).resolve() == Path(d.cached_reg_dir).resolve():
+        raise ConfigError(f"model.data.cached_instance_dir and model.data.cached_reg_dir are both {d.cached_reg_dir}: "
+                          "each cache prunes entries it does not own, so give them different folders")
     if cfg.model.use_cached_latents and not d.center_crop:
         raise ConfigError("model.use_cached_latents=true needs model.data.center_crop=true (a cache holds one crop "
                           "per image); or set model.use_cached_latents=false for random crops")

@@ -63,6 +63,13 @@ def test_bad_values_are_one_clear_line(override, expected):
     assert "\n" not in str(e.value)
 
 
+def test_one_folder_for_both_latent_caches_is_refused(tmp_path):
+    same = [f"model.data.cached_instance_dir={tmp_path}/c", f"model.data.cached_reg_dir={tmp_path}/./c"]
+    with pytest.raises(ConfigError, match="cached_instance_dir and model.data.cached_reg_dir"):
+        load_config(overrides=same)
+    load_config(overrides=[same[0], f"model.data.cached_reg_dir={tmp_path}/r"])
+
+
 def test_without_prior_preservation_needs_no_reg_settings():
     cfg = load_config(overrides=["model.with_prior_preservation=false", "model.data.regularization_prompt=null",
                                  "model.data.regularization_dir=null"])
