@@ -70,7 +70,10 @@ def set_scheduler(pipe, name: str = "dpm"):
         raise ConfigError(f"model.sampling.scheduler={name} is not one of {', '.join(SCHEDULERS)}")
     cls = getattr(diffusers, SCHEDULERS[name])
     if type(pipe.scheduler).__name__ != cls.__name__:
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+        # DDIM's own default clip_sample=True clips the predicted latents to [-1, 1]: ruinous for a latent model
+        # (Stable Diffusion's scheduler configs say false). A config without the key gets false here.
+        extra = {"clip_sample": False} if "clip_sample" not in pipe.scheduler.config else {}
+        pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
     return pipe
 
 
