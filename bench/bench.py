@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))                  # measure the dbtutor of this tree, whatever `pip install -e` points at
 SUMMARY = []                                   # (measure, value, goal, verdict) rows for the final table
 
 
@@ -269,12 +270,16 @@ def bench_regularization(args):
         judge = load_judge(args.judge)
     else:
         say(f"  (no judge at {args.judge}: class fidelity not measured)")
-    configs = [(s.scheduler, s.num_inference_steps)] if args.quick else \
-        [("dpm", 10), ("dpm", 15), ("dpm", 20), ("dpm", 25), ("ddim", 20), ("ddim", 50)]
+    if args.samplers:
+        configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.samplers.split(",")]
+    else:
+        configs = [(s.scheduler, s.num_inference_steps)] if args.quick else \
+            [("dpm", 10), ("dpm", 15), ("dpm", 20), ("dpm", 25), ("ddim", 20), ("ddim", 50)]
     if (s.scheduler, s.num_inference_steps) not in configs:
         configs.append((s.scheduler, s.num_inference_steps))
-    bs, rounds = d.num_images_per_prompt, args.reg_rounds
-    n_fast, per_round_slow = bs * rounds, args.n_slow // rounds
+    bs = d.num_images_per_prompt
+    rounds = -(-args.n_slow // bs)             # batches per config; the slow images are spread over the rounds
+    n_fast, per_round_slow = bs * rounds, -(-args.n_slow // rounds)
     fast_pipe, slow_pipe = load_pipeline(args.model), load_pipeline(args.model)
     slow_sched = type(slow_pipe.scheduler).__name__
     w = Path(args.work) / "reg"
@@ -303,23 +308,26 @@ def bench_regularization(args):
     n_slow = rounds * per_round_slow
     slow_rate = n_slow / secs["slow"]
 
-    def fidelity(images):
-        if judge is None:
-            return float("nan")
-        return 100 * float(np.mean([o == obj for o in predict(judge, images)["object"]]))
+    def verdicts(images):
+        return [o == obj for o in predict(judge, images)["object"]] if judge is not None else [float("nan")] * len(images)
 
-    f_slow = fidelity(slow_images)
+    def fidelity(images):
+        return 100 * float(np.mean(verdicts(images)))
+
+    f_slow, v_slow = fidelity(slow_images), verdicts(slow_images)
     say(f"  slow path: {slow_sched}, 50 steps, 1 image per call: {slow_rate:.2f} images/s, "
         f"class fidelity {f_slow:.1f}% (n={n_slow})")
-    say(f"  {'sampler':<8}{'steps':>6}{'images/s':>10}{'speed-up':>10}{'fidelity %':>12}{'(same seeds)':>14}{'d pts':>7}")
+    say(f"  {'sampler':<8}{'steps':>6}{'images/s':>10}{'speed-up':>10}{'fidelity %':>12}{'same seeds':>12}{'d pts':>7}"
+        f"{'agree %':>9}")
     rows = {}
     for c in configs:
         ims = [Image.open(p).convert("RGB") for p in sorted((w / f"{c[0]}{c[1]}").glob("class_*.png"))]
         rate = n_fast / secs[c]
         f_all, f_paired = fidelity(ims), fidelity(ims[:n_slow])
+        agree = 100 * float(np.mean([a == b for a, b in zip(verdicts(ims[:n_slow]), v_slow)]))
         rows[c] = (rate, f_all, f_paired)
-        say(f"  {c[0]:<8}{c[1]:>6}{rate:>10.2f}{rate / slow_rate:>9.1f}x{f_all:>12.1f}{f_paired:>14.1f}"
-            f"{f_paired - f_slow:>+7.1f}")
+        say(f"  {c[0]:<8}{c[1]:>6}{rate:>10.2f}{rate / slow_rate:>9.1f}x{f_all:>12.1f}{f_paired:>12.1f}"
+            f"{f_paired - f_slow:>+7.1f}{agree:>9.1f}")
     cur = (s.scheduler, s.num_inference_steps)
     rate, _, f_paired = rows[cur]
     ok = rate / slow_rate >= 3 and (judge is None or abs(f_paired - f_slow) <= 2)
@@ -478,6 +486,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: torch's)")
     ap.add_argument("--work", default="/tmp/dbtutor-bench", help="scratch folder (deleted and re-made)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--reg-images", type=int, default=None, help="images of the slow path (default 60; --quick 8)")
+    ap.add_argument("--samplers", default=None, help="sweep, e.g. dpm:10,dpm:15 (default: dpm 10-25, ddim 20/50)")
     ap.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--gc", type=int, default=0, help=argparse.SUPPRESS)
@@ -492,7 +502,7 @@ def main(argv=None):
         return child_memory(args)
     args.judge = args.judge or f"{str(args.model).rstrip('/')}-judge"
     args.warmup, args.steps = (3, 12) if args.quick else (5, 40)
-    args.n_slow, args.reg_rounds = (8, 1) if args.quick else (60, 4)
+    args.n_slow = args.reg_images or (8 if args.quick else 60)
     w = Path(args.work)
     shutil.rmtree(w, ignore_errors=True)
     from dbtutor import load_config
