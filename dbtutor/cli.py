@@ -84,6 +84,24 @@ COMMANDS = {"train": cmd_train, "generate-reg": cmd_generate_reg, "cache": cmd_c
             "eval": cmd_eval, "ablate": cmd_ablate}
 
 
+def launch_commands(args: list[str], gpus: int = 8, machines: int = 2, main_ip: str = "10.0.0.1",
+                    port: int = 29500) -> dict[str, str]:
+    """The shell commands that run `dbtutor <args>` in one process, on several GPUs, on several machines
+    (run on each, changing --machine_rank), and as 2 CPU processes (gloo). --num_processes is the total."""
+    import shlex
+    tail = "-m dbtutor " + " ".join(shlex.quote(a) for a in args)
+    return {
+        "one process": "dbtutor " + " ".join(shlex.quote(a) for a in args),
+        f"one machine, {gpus} GPUs": f"accelerate launch --multi_gpu --num_processes {gpus} {tail}",
+        f"{machines} machines x {gpus} GPUs (machine 0; the others: --machine_rank 1, 2, ...)":
+            f"accelerate launch --multi_gpu --num_machines {machines} --num_processes {machines * gpus} "
+            f"--machine_rank 0 --main_process_ip {main_ip} --main_process_port {port} {tail}",
+        "2 processes on a CPU (gloo; --cpu would start only one)":
+            "accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
+            f"--dynamo_backend no {tail}",
+    }
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="dbtutor", description="DreamBooth with prior preservation (NeMo's config keys).")
     sub = ap.add_subparsers(dest="command", required=True)

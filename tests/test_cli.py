@@ -74,3 +74,29 @@ def test_folder_with_no_readable_image(cli_config, tmp_path):
     r = run("train", "--config", str(cli_config), f"model.data.instance_dir={bad}")
     assert r.returncode == 2 and "holds no usable image" in r.stderr and "Traceback" not in r.stderr
     assert "a.jpg" in r.stderr                      # the skipped file is named in a warning
+
+
+def test_launch_commands_parse_in_accelerate_and_dbtutor():
+    import shlex
+
+    from accelerate.commands.launch import launch_command_parser
+
+    from dbtutor import load_config
+    from dbtutor.cli import build_parser, launch_commands
+    args = ["train", "model.prior_loss_weight=0.5", "model.data.instance_prompt=a photo of sks ball"]
+    cmds = launch_commands(args, gpus=8, machines=2)
+    assert len(cmds) == 4
+    for where, cmd in cmds.items():
+        argv = shlex.split(cmd)
+        if argv[0] == "dbtutor":
+            rest = argv[1:]
+        else:
+            assert argv[:2] == ["accelerate", "launch"]
+            ns = launch_command_parser().parse_args(argv[2:])
+            assert ns.module and ns.training_script == "dbtutor" and ns.multi_gpu
+            if "machines" in where:
+                assert (ns.num_machines, ns.num_processes, ns.machine_rank) == (2, 16, 0)
+            rest = ns.training_script_args
+        assert rest == args                                     # the overrides survive the shell quoting
+        parsed = build_parser().parse_args(rest)
+        assert load_config(parsed.config, parsed.overrides).model.prior_loss_weight == 0.5

@@ -995,7 +995,7 @@ def nb07() -> Notebook:
         LORA_RANK = 4
         LORA_STEPS = setting("LORA_STEPS", 100)
         LORA_LR = 1e-3                      # adapters start at zero effect and need a larger step than full weights
-        NUM_GPUS = 2
+        NUM_GPUS, NUM_MACHINES = 8, 2      # for the printed multi-GPU / multi-node launch commands
         GPU = {                             # run on a CUDA GPU only (section 5)
             "PRETRAINED": "stable-diffusion-v1-5/stable-diffusion-v1-5",
             "SUBJECT_DIR": dbtutor.ROOT / "data/dog6",
@@ -1100,20 +1100,25 @@ def nb07() -> Notebook:
     ## 4. Several GPUs
 
     `dbtutor train` runs under `accelerate launch`: each process takes its share of the class images to
-    generate and its slice of every global batch (data parallel, NeMo's "Data parallelism"). The command for
-    this notebook's settings:
+    generate and its slice of every global batch (data parallel, NeMo's "Data parallelism"); `trainer.batch_size`
+    is per process, so N processes with batch B train like one process with batch N·B. The commands for this
+    notebook's settings (`dbtutor.cli.launch_commands`):
     """)
     nb.code("""
     import shlex
 
-    from dbtutor.cli import build_parser
+    from dbtutor.cli import build_parser, launch_commands
 
     keys = {k: v for k, v in overrides.items() if k not in ("trainer.device", "trainer.precision")}
     args = ["train"] + [f"{k}={v}" for k, v in keys.items()] + ["output_dir=work/runs/multi_gpu"]
-    print(f"accelerate launch --num_processes {NUM_GPUS} -m dbtutor " + " ".join(shlex.quote(a) for a in args))
-    print(f"one process, no accelerate: dbtutor " + " ".join(shlex.quote(a) for a in args))
+    for where, command in launch_commands(args, gpus=NUM_GPUS, machines=NUM_MACHINES).items():
+        print(f"# {where}\n{command}\n")
     ns = build_parser().parse_args(args)                          # the command parses,
     dbtutor.load_config(ns.config, ns.overrides)                  # and its keys are valid
+    """)
+    nb.md("""
+    Several machines need `output_dir` and the class-image and cache folders on a shared file system; the main
+    process builds the latent cache while the others wait, and only it writes checkpoints and the output.
     """)
     nb.md("""
     ## 5. Stable Diffusion v1.5 with your own photos
