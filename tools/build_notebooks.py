@@ -1112,7 +1112,7 @@ def nb07() -> Notebook:
     keys = {k: v for k, v in overrides.items() if k not in ("trainer.device", "trainer.precision")}
     args = ["train"] + [f"{k}={v}" for k, v in keys.items()] + ["output_dir=work/runs/multi_gpu"]
     for where, command in launch_commands(args, gpus=NUM_GPUS, machines=NUM_MACHINES).items():
-        print(f"# {where}\n{command}\n")
+        print(f"# {where}\\n{command}\\n")
     ns = build_parser().parse_args(args)                          # the command parses,
     dbtutor.load_config(ns.config, ns.overrides)                  # and its keys are valid
     """)
