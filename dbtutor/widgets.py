@@ -133,11 +133,16 @@ def _widgets():
 
 def show_figure(out, fig, clear: bool = True):
     """Put a matplotlib figure into an ipywidgets.Output (as a PNG) and close it."""
+    import io
+
     import matplotlib.pyplot as plt
+    from IPython.display import Image
+    buf = io.BytesIO()                   # a PNG made here, whatever matplotlib backend the notebook uses
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
     if clear:
         out.outputs = ()
-    out.append_display_data(fig)
-    plt.close(fig)
+    out.append_display_data(Image(data=buf.getvalue(), format="png"))
 
 
 def _html(out, html: str, clear: bool = False):
@@ -147,13 +152,30 @@ def _html(out, html: str, clear: bool = False):
     out.append_display_data(HTML(html))
 
 
+class _quiet_libraries:
+    """Switch off diffusers' and transformers' own progress bars: in a widget callback they would land in
+    JupyterLab's log console, not in the panel (the panels report progress themselves)."""
+
+    def __enter__(self):
+        from diffusers.utils import logging as dl
+        from transformers.utils import logging as tl
+        self.mods = [m for m in (dl, tl) if m.is_progress_bar_enabled()]
+        for m in self.mods:
+            m.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        for m in self.mods:
+            m.enable_progress_bar()
+
+
 def _guarded(out, status, button, fn):
     """Run fn() for a button; errors are shown in the panel (not lost in a log), the button is re-enabled."""
     def handler(*_, reraise: bool = False):
         button.disabled = True
         t0 = time.time()
         try:
-            fn()
+            with _quiet_libraries():
+                fn()
             status.value = f"{status.value} (done in {time.time() - t0:.0f} s)"
         except Exception as e:          # noqa: BLE001 - shown to the learner, not swallowed
             status.value = f"error: {type(e).__name__}: {e}"
