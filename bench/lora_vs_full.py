@@ -24,12 +24,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE_MODEL = Path("/tmp/w/models/toyworld")      # the smoke-test model, until data/models/toyworld exists
 
 
 def default_model() -> Path:
-    real = ROOT / "data" / "models" / "toyworld"
-    return real if (real / "model_index.json").exists() or not SMOKE_MODEL.exists() else SMOKE_MODEL
+    return ROOT / "data" / "models" / "toyworld"
 
 
 def folder_bytes(path: Path) -> int:
@@ -170,7 +168,7 @@ def format_table(rows: list[dict]) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="20 steps, rank 4, no evaluation (about a minute)")
-    ap.add_argument("--model", default=None, help="pipeline folder (default: data/models/toyworld, else the smoke model)")
+    ap.add_argument("--model", default=None, help="pipeline folder (default: data/models/toyworld)")
     ap.add_argument("--judge", default=None, help="judge folder (default: <model>-judge)")
     ap.add_argument("--ranks", default=None, help="comma-separated LoRA ranks (default 4,16; --quick: 4)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the config's; --quick: 20)")
