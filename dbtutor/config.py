@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -91,8 +92,14 @@ def parse_overrides(overrides: Iterable[str] | dict | None) -> DictConfig:
     return cfg
 
 
+_EXPONENT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def yaml_value(text: str) -> Any:
-    """Parse one override value as YAML (numbers, booleans, null), never as code."""
+    """Parse one override value as YAML (numbers, booleans, null), never as code. 2e-4 is a number here (YAML 1.1
+    reads it as a string without a dot: 2.0e-4)."""
+    if _EXPONENT.match(text.strip()):
+        return float(text)
     try:
         return yaml.safe_load(text) if text.strip() else text
     except yaml.YAMLError:

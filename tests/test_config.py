@@ -79,3 +79,10 @@ def test_without_prior_preservation_needs_no_reg_settings():
 def test_yaml_value_never_executes_code(tmp_path):
     cfg = load_config(overrides=["model.data.instance_prompt=!!python/object/apply:os.system ['echo hacked']"])
     assert isinstance(cfg.model.data.instance_prompt, str)
+
+
+def test_scientific_notation_without_a_dot_is_a_number():
+    cfg = load_config(overrides=["optim.lr=2e-4", "model.prior_loss_weight=5E-1"])
+    assert cfg.optim.lr == 2e-4 and cfg.model.prior_loss_weight == 0.5
+    assert load_config(overrides=["model.data.instance_prompt=a photo of sks ball"]).model.data.instance_prompt \
+        == "a photo of sks ball"
