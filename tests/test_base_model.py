@@ -47,8 +47,6 @@ def test_prior_follows_colour_and_never_shows_a_subject_look(judged):
     assert all(lk == "ordinary" for lk in pred["look"])
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped prior is undertrained: object right in ~54% (issue 3 asks 90%); "
-                                       "retrain with more UNet steps")
 def test_prior_follows_object(judged):
     pred, truth = judged
     assert sum(o == t[1] for o, t in zip(pred["object"], truth)) >= 10

@@ -284,8 +284,8 @@ def main(argv=None):
     ap.add_argument("--judge-steps", type=int, default=2500)
     ap.add_argument("--vae-steps", type=int, default=3000)
     ap.add_argument("--vae-full-steps", type=int, default=300, help="of --vae-steps, how many at 64 px (rest: 32 px crops)")
-    ap.add_argument("--unet-steps", type=_ends, default=(3000, 9000),
-                    help="steps, or increasing ends with warm restarts, e.g. 3000,9000 (the shipped weights)")
+    ap.add_argument("--unet-steps", type=_ends, default=(3000, 7000),
+                    help="steps, or increasing ends with warm restarts, e.g. 3000,7000 (the shipped weights)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
