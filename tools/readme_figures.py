@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,10 +48,16 @@ def ablation() -> Path:
     return _copy(ROOT / "work" / "ablation" / "ablation.png", "ablation.png")
 
 
-def _copy(src: Path, name: str) -> Path:
+def _copy(src: Path, name: str, width: int = 1000) -> Path:
+    """Copy a figure into docs/images, at most `width` px wide and as a 256-colour PNG (the repository keeps every
+    version, so a README picture should weigh ~100 KB, not 1 MB)."""
+    from PIL import Image
     IMAGES.mkdir(parents=True, exist_ok=True)
     dst = IMAGES / name
-    shutil.copyfile(src, dst.with_suffix(".tmp"))
+    im = Image.open(src).convert("RGB")
+    if im.width > width:
+        im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)
+    im.quantize(256).save(dst.with_suffix(".tmp"), format="PNG", optimize=True)
     os.replace(dst.with_suffix(".tmp"), dst)
     print(f"wrote {dst.relative_to(ROOT)}")
     return dst
