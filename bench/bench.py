@@ -237,6 +237,10 @@ def bench_training(args):
             f"dbtutor / (bare + clipping) = {r_clip:.3f}x")
         note(f"train step, {label}: speed-up vs reference loop", f"{r_ref:.2f}x", ">= 2x" if not train_te else "",
              r_ref >= 2 if not train_te else None)
+        r_max = paired_ratio(t["reference"], t["bare"])  # a loop at the compute limit would gain exactly this much
+        say(f"  [{label}] the most any loop could gain over the reference: reference / bare limit = {r_max:.2f}x "
+            f"(on this model, VAE + text encoding + data cost {100 * (r_max - 1):.0f}% of a UNet step)")
+        note(f"train step, {label}: the ceiling, reference / compute limit", f"{r_max:.2f}x")
         note(f"train step, {label}: dbtutor / compute limit", f"{r_bare:.3f}x", "<= 1.10x", r_bare <= 1.10)
         note(f"train step, {label}: dbtutor / (compute limit + grad clipping)", f"{r_clip:.3f}x")
 
