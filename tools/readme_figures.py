@@ -34,7 +34,7 @@ def comparison(work: Path) -> Path:
     made = work / "figures" / "with_and_without_prior.png"
     if not made.exists():
         raise SystemExit(f"{nb_path.name} ran but did not save {made}: has its comparison cell changed?")
-    return _copy(made, "with_and_without_prior.png")
+    return _copy(made, "with_and_without_prior.png", width=2700)     # three blocks side by side: keep it wide
 
 
 def prior(work: Path) -> list[Path]:
