@@ -138,7 +138,7 @@ def build_parser():
                            help="comma-separated subject folders of data/subjects (default: all)")
             p.add_argument("--seeds", type=_csv(int), default=None, help="training seeds, e.g. 0,1,2 (the default)")
             p.add_argument("--weights", type=_csv(float), default=None,
-                           help="prior_loss_weight values; 0 = without prior preservation (default: 0,0.25,1,2)")
+                           help="prior_loss_weight values; 0 = without prior preservation (default: 0,0.25,1)")
             p.add_argument("--steps", type=int, default=None, help="training steps per run (default: trainer.max_steps)")
             p.add_argument("--num-samples", type=int, default=None, help="samples per subject prompt (default 4)")
             p.add_argument("--class-samples", type=int, default=None, help="samples of the class prompt (default 16)")
