@@ -5,6 +5,7 @@ and the last one ends with exactly the weights of an uninterrupted run.
 The kills land at exact places through the test hook dbtutor.fileio.fault_point (DBTUTOR_FAULT=<point>:<n>)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,10 @@ def dbtutor_train(config: Path, fault: str | None = None) -> subprocess.Complete
     env.pop("DBTUTOR_DEBUG", None)
     if fault:
         env[FAULT_ENV] = fault
+    # a shell's background job (`.ci/run &`) starts with SIGINT ignored, and a child inherits that: give it the default
     return subprocess.run([sys.executable, "-m", "dbtutor", "train", "--config", str(config)], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=600)
+                          text=True, env=env, cwd=ROOT, timeout=600,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def visible(folder: Path, pattern="*") -> list[Path]:

@@ -76,8 +76,18 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path):
 
 # ---- Ctrl-C ----------------------------------------------------------------------------------------------------
 
+@pytest.fixture
+def sigint_default():
+    """Python's own Ctrl-C handler for the test, even when pytest runs as a background job (SIGINT ignored, which
+    dbtutor rightly leaves alone)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("cached", [True, False])
-def test_ctrl_c_saves_the_finished_step_and_the_rerun_ends_as_an_unbroken_run(tiny_config, tmp_path, cached):
+def test_ctrl_c_saves_the_finished_step_and_the_rerun_ends_as_an_unbroken_run(tiny_config, tmp_path, cached,
+                                                                               sigint_default):
     # without the cache and with random crops of wide photos, the crops of a step must come from (seed, step) too
     photos = tmp_path / "photos"
     photos.mkdir()

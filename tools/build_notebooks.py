@@ -213,7 +213,7 @@ def nb01() -> Notebook:
     from diffusers import DDIMScheduler
 
     tok, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)  # never clip *latents* to [-1, 1]
     scheduler.set_timesteps(SAMPLER_STEPS)
 
     ids = tok([CLASS_PROMPT, ""], padding="max_length", max_length=tok.model_max_length, truncation=True,
