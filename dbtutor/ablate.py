@@ -4,13 +4,14 @@ a sweep of prior_loss_weight, for every shipped subject and several seeds; evalu
     dbtutor ablate                      # the real one (see README for its table and wall time)
     dbtutor ablate --quick              # a two-minute end-to-end check of the machinery (its numbers mean nothing)
 
-Resumable: a run whose eval.json exists (made with the same settings) is skipped; change a setting and the run
-refuses to reuse the folder, so use another --work. prior_loss_weight 0 is run as "without prior preservation":
+Resumable: a run whose eval.json exists (made with the same settings and the same base-model weights) is skipped;
+change a setting or retrain the base model and the run refuses to reuse the folder, so use another --work. prior_loss_weight 0 is run as "without prior preservation":
 with weight 0 the prior half of the batch adds nothing to the gradient (dreambooth_loss), so the two are the same
 training up to random draws, and "without" costs half the compute.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -62,8 +63,23 @@ def run_config(cfg, subject: str, weight: float, seed: int, steps: int, work: Pa
     return c
 
 
+def model_fingerprint(pretrained: str) -> str:
+    """A local pipeline folder: sha256 of its weight and config files, so a retrained model at the same path is
+    noticed (as the latent cache notices a new VAE). A hub id stands for itself."""
+    folder = Path(pretrained)
+    if not folder.is_dir():
+        return str(pretrained)
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json")):
+        h.update(f.relative_to(folder).as_posix().encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def fingerprint(cfg, eval_settings: dict) -> dict:
-    flat = {}
+    flat = {"model.pretrained (weights)": model_fingerprint(cfg.model.pretrained)}
 
     def walk(node, prefix=""):
         for k, v in node.items():

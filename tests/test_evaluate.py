@@ -283,3 +283,15 @@ def test_ablate_end_to_end_and_resume(tiny_config, random_judge, tmp_path, monke
     assert again["table"] == out["table"]
     with pytest.raises(ConfigError, match="trainer.max_steps"):
         A.ablate(cfg, **{**kw, "steps": 3})
+    # a retrained base model at the same path is not mistaken for the old one
+    import shutil
+    monkeypatch.undo()                                                          # training allowed again
+    model = tmp_path / "model"
+    shutil.copytree(cfg.model.pretrained, model)
+    cfg2 = tiny_config(**{"trainer.device": "cpu", "model.pretrained": str(model)})
+    kw2 = {**kw, "work": tmp_path / "abl2", "weights": [0]}
+    A.ablate(cfg2, **kw2)
+    w = model / "unet" / "diffusion_pytorch_model.safetensors"
+    w.write_bytes(w.read_bytes()[:-4] + b"\x00\x00\x00\x01")        # "retrained": other weights, same folder
+    with pytest.raises(ConfigError, match=r"model.pretrained \(weights\)"):
+        A.ablate(cfg2, **kw2)
