@@ -5,9 +5,10 @@ a sweep of prior_loss_weight, for every shipped subject and several seeds; evalu
     dbtutor ablate --quick              # a two-minute end-to-end check of the machinery (its numbers mean nothing)
 
 Resumable: a run whose eval.json exists (made with the same settings and the same base-model weights) is skipped;
-change a setting or retrain the base model and the run refuses to reuse the folder, so use another --work. prior_loss_weight 0 is run as "without prior preservation":
-with weight 0 the prior half of the batch adds nothing to the gradient (dreambooth_loss), so the two are the same
-training up to random draws, and "without" costs half the compute.
+change a setting or retrain the base model and the run refuses to reuse the folder, so use another --work.
+prior_loss_weight 0 is run as "without prior preservation": with weight 0 the prior half of the batch adds nothing
+to the gradient (dreambooth_loss), so the two are the same training up to random draws, and "without" costs half
+the compute.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from omegaconf import OmegaConf
 from .config import ROOT, validate
 from .errors import ConfigError
 from .evaluate import DEFAULT_JUDGE, EVAL_SEED, METRICS, evaluate
-from .fileio import write_json, write_text
+from .fileio import sha256_file, write_json, write_text
 
 SUBJECTS_DIR = ROOT / "data" / "subjects"
 DEFAULTS = {"seeds": [0, 1, 2], "weights": [0.0, 0.25, 1.0], "num_samples": 4, "class_samples": 16}
@@ -69,13 +70,9 @@ def model_fingerprint(pretrained: str) -> str:
     folder = Path(pretrained)
     if not folder.is_dir():
         return str(pretrained)
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json")):
-        h.update(f.relative_to(folder).as_posix().encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
+    listing = "\n".join(f"{f.relative_to(folder).as_posix()} {sha256_file(f)}" for f in files)
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
 def fingerprint(cfg, eval_settings: dict) -> dict:

@@ -52,13 +52,14 @@ def _copy(src: Path, name: str, width: int = 1000) -> Path:
     """Copy a figure into docs/images, at most `width` px wide and as a 256-colour PNG (the repository keeps every
     version, so a README picture should weigh ~100 KB, not 1 MB)."""
     from PIL import Image
-    IMAGES.mkdir(parents=True, exist_ok=True)
+
+    from dbtutor.fileio import atomic_path
     dst = IMAGES / name
     im = Image.open(src).convert("RGB")
     if im.width > width:
         im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)
-    im.quantize(256).save(dst.with_suffix(".tmp"), format="PNG", optimize=True)
-    os.replace(dst.with_suffix(".tmp"), dst)
+    with atomic_path(dst) as tmp:
+        im.quantize(256).save(tmp, format="PNG", optimize=True)
     print(f"wrote {dst.relative_to(ROOT)}")
     return dst
 
