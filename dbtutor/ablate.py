@@ -12,7 +12,6 @@ the compute.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -24,7 +23,8 @@ from omegaconf import OmegaConf
 from .config import ROOT, validate
 from .errors import ConfigError
 from .evaluate import DEFAULT_JUDGE, EVAL_SEED, METRICS, evaluate
-from .fileio import sha256_file, write_json, write_text
+from .fileio import write_json, write_text
+from .pipeline import model_fingerprint
 
 SUBJECTS_DIR = ROOT / "data" / "subjects"
 DEFAULTS = {"seeds": [0, 1, 2], "weights": [0.0, 0.25, 1.0], "num_samples": 4, "class_samples": 16}
@@ -62,17 +62,6 @@ def run_config(cfg, subject: str, weight: float, seed: int, steps: int, work: Pa
         OmegaConf.update(c, key, value)
     validate(c)
     return c
-
-
-def model_fingerprint(pretrained: str) -> str:
-    """A local pipeline folder: sha256 of its weight and config files, so a retrained model at the same path is
-    noticed (as the latent cache notices a new VAE). A hub id stands for itself."""
-    folder = Path(pretrained)
-    if not folder.is_dir():
-        return str(pretrained)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
-    listing = "\n".join(f"{f.relative_to(folder).as_posix()} {sha256_file(f)}" for f in files)
-    return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
 def fingerprint(cfg, eval_settings: dict) -> dict:

@@ -1,6 +1,7 @@
 """Load a Stable Diffusion pipeline (local folder or hub id) in float32, and sample from it in seeded batches."""
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
+from .fileio import sha256_file
 
 SCHEDULERS = {"dpm": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
               "euler": "EulerDiscreteScheduler"}
@@ -42,6 +44,17 @@ def check_pretrained(pretrained: str) -> None:
     except Exception as e:
         raise ConfigError(f"model.pretrained={pretrained} is neither a local folder nor reachable on the Hugging Face "
                           f"Hub ({type(e).__name__}); use a local pipeline folder such as data/models/toyworld") from None
+
+
+def model_fingerprint(pretrained: str) -> str:
+    """A local pipeline folder: sha256 of its weight and config files, so a retrained model at the same path is
+    noticed (as the latent cache notices a new VAE). A hub id stands for itself."""
+    folder = Path(pretrained)
+    if not folder.is_dir():
+        return str(pretrained)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
+    listing = "\n".join(f"{f.relative_to(folder).as_posix()} {sha256_file(f)}" for f in files)
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
 def load_pipeline(pretrained: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
