@@ -102,6 +102,16 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
             for m in ("models", "models2"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
+    # the scene-binding recipe (Min-SNR weighting + offset noise) trains through the same loop
+    shutil.copytree(tmp_path / "work", tmp_path / "work3", ignore=shutil.ignore_patterns("unet.ckpt", "log.txt"))
+    shutil.copytree(tmp_path / "models" / "toyworld-judge", tmp_path / "models3" / "toyworld-judge")
+    pretrain.main(["--out", str(tmp_path / "models3"), "--work", str(tmp_path / "work3")] + args[4:]
+                  + ["--unet-steps", "2", "--snr-gamma", "5", "--noise-offset", "0.1"])
+    log3 = (tmp_path / "work3" / "log.txt").read_text()
+    unet_lines = [line for line in log3.splitlines() if line.startswith("unet step")]
+    assert "unet step 2/2" in log3 and all("mse=" in line for line in unet_lines)   # the weighted loss logs its MSE
+    assert all("mse=" not in line for line in log.splitlines() if line.startswith("unet"))  # default: plain MSE
+
 
 def test_warm_restart_schedule_matches_an_extended_run():
     from dbtutor.toyworld.pretrain import _ends, lr_factor
@@ -111,3 +121,16 @@ def test_warm_restart_schedule_matches_an_extended_run():
     assert _ends("3000,9000") == (3000, 9000)
     with pytest.raises(Exception, match="increasing"):
         _ends("9000,3000")
+
+
+def test_min_snr_weights_downweight_only_low_noise_steps():
+    from dbtutor.toyworld.models import make_noise_scheduler
+    from dbtutor.toyworld.pretrain import min_snr_weight
+    sched = make_noise_scheduler()
+    t = torch.arange(0, 1000, 50)
+    w = min_snr_weight(sched, t, 5.0)
+    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+    assert torch.all(w <= 1) and torch.all(w[snr <= 5] == 1) and torch.all(w[snr > 5] < 1)
+    assert torch.all(w[1:] >= w[:-1])                                 # more noise, never less weight
+    assert torch.allclose(w[snr > 5], 5 / snr[snr > 5])
+    assert torch.equal(min_snr_weight(sched, t, 0.0), torch.ones(len(t)))

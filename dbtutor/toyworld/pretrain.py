@@ -209,7 +209,18 @@ def stage_latents(work, vae):
     return lat
 
 
-def stage_unet(work, seed, steps, lat, tokenizer):
+def min_snr_weight(noise_sched, t, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): min(SNR, gamma) / SNR.
+
+    Down-weights the easy low-noise steps so that the high-noise steps, where the caption decides the layout
+    (which scene, which object), get more of the gradient. gamma=0 turns it off (all weights 1)."""
+    if not gamma:
+        return torch.ones(len(t))
+    snr = noise_sched.alphas_cumprod[t] / (1 - noise_sched.alphas_cumprod[t])
+    return snr.clamp(max=gamma) / snr
+
+
+def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.0):
     _, attrs = load_set(work / "world")
     te, unet = make_text_encoder(), make_unet()
     modules = {"text_encoder": te, "unet": unet}
@@ -228,10 +239,18 @@ def stage_unet(work, seed, steps, lat, tokenizer):
         mean, logvar = lat["mean"][idx], lat["logvar"][idx]
         z = (mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=g)) * scale
         noise = torch.randn(z.shape, generator=g)
+        # offset noise: a random shift of each latent channel's mean. The scaled-linear schedule never fully
+        # hides the image's mean colour (SNR(T) = 0.005), so without it the model reads the background from
+        # that leak instead of from the caption, and at sampling time the seed, not "on the snow", picks it.
+        if noise_offset:                       # (no draw when off: the shipped recipe's random stream is unchanged)
+            noise = noise + noise_offset * torch.randn(z.shape[:2] + (1, 1), generator=g)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (32,), generator=g)
         pred = unet(noise_sched.add_noise(z, noise, t), t, te(ids)[0]).sample
-        loss = F.mse_loss(pred, noise)
-        return {"loss": loss}
+        if not snr_gamma:
+            return {"loss": F.mse_loss(pred, noise)}
+        mse = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (mse * min_snr_weight(noise_sched, t, snr_gamma)).mean()
+        return {"loss": loss, "mse": mse.mean().detach()}
 
     ema = train_loop("unet", work, steps, seed, [p for m in modules.values() for p in m.parameters()], modules,
                      step_fn, lr=3e-4, ema=ema_init(modules))
@@ -286,6 +305,10 @@ def main(argv=None):
     ap.add_argument("--vae-full-steps", type=int, default=300, help="of --vae-steps, how many at 64 px (rest: 32 px crops)")
     ap.add_argument("--unet-steps", type=_ends, default=(3000, 7000),
                     help="steps, or increasing ends with warm restarts, e.g. 3000,7000 (the shipped weights)")
+    ap.add_argument("--snr-gamma", type=float, default=0.0,
+                    help="Min-SNR-gamma loss weighting, e.g. 5 (default 0: plain MSE, as the shipped weights)")
+    ap.add_argument("--noise-offset", type=float, default=0.0,
+                    help="offset noise on the UNet's targets, e.g. 0.1 (default 0: off, as the shipped weights)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
@@ -304,7 +327,8 @@ def main(argv=None):
     lat = stage_latents(args.work, vae)
     tokenizer = prepare_tokenizer(args.work / "tokenizer")
     torch.manual_seed(args.seed)
-    te, unet = stage_unet(args.work, args.seed, args.unet_steps, lat, tokenizer)
+    te, unet = stage_unet(args.work, args.seed, args.unet_steps, lat, tokenizer, args.snr_gamma,
+                           args.noise_offset)
     export(args.out, vae, te, unet, tokenizer, float(lat["scaling_factor"]))
     print(f"pretraining done in {(time.time() - t0) / 60:.1f} min")
 
