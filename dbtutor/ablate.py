@@ -21,7 +21,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from .config import ROOT, validate
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .evaluate import DEFAULT_JUDGE, EVAL_SEED, METRICS, evaluate
 from .fileio import write_json, write_text
 from .pipeline import model_fingerprint
@@ -239,4 +239,9 @@ def _regularization(cfg):
     from .regularization import generate_regularization
     c = cfg.copy()
     c.trainer.seed = 0
-    generate_regularization(c, progress=False)
+    try:
+        generate_regularization(c, progress=False)
+    except DataError:                       # class images of an earlier base model: as for a finished run
+        raise ConfigError(f"{c.model.data.regularization_dir} was made with another model.pretrained (weights) "
+                          "or regularization_prompt: use another --work folder, or delete that folder to redo it"
+                          ) from None

@@ -73,3 +73,8 @@ def test_class_images_of_another_model_or_prompt_are_refused_not_reused(tiny_con
                        capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len((r.stderr + r.stdout).strip().splitlines()) == 1 and "another base model" in r.stderr + r.stdout
+    (folder / PROVENANCE).write_text("{not json")
+    with pytest.raises(DataError, match="unreadable"):
+        generate_regularization(cfg, progress=False)
+    (folder / PROVENANCE).unlink()                                  # no record: used as NeMo would (counted)
+    assert generate_regularization(config(**{"model.pretrained": str(moved)}), progress=False) == []
