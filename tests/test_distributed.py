@@ -59,7 +59,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_config, tiny_pi
     # class images: exactly 7, the missing indices split between the ranks, none twice, none overwritten
     names = sorted(p.name for p in reg.iterdir())
     assert names == ["class_00000.png", "class_00001.png", "class_00002.png", "class_00003.png", "class_00004.png",
-                     "class_00005.png", "mine.png"]
+                     "class_00005.png", "dbtutor-class-images.json", "mine.png"]     # + which model made them
     made = [set(x["reg_written"]) for x in ranks]
     assert made[0] and made[1] and not made[0] & made[1]
     assert made[0] | made[1] == {f"class_{i:05d}.png" for i in (0, 1, 3, 4, 5)}
