@@ -78,19 +78,20 @@ trainer: {{max_steps: 6, checkpoint_every: 2, progress: false}}
 """)
     inst_cache, reg_cache = out / "latents" / "instance", out / "latents" / "regularization"
 
-    # 1. killed while the 3rd class image is written (temp file complete, not yet renamed)
-    r = dbtutor_train(config, "atomic:3")
+    # 1. killed while the 3rd class image is written (temp file complete, not yet renamed); the 1st atomic write
+    #    is the folder's record of which model makes its images
+    r = dbtutor_train(config, "atomic:4")
     assert r.returncode == -9, r.stderr
-    assert [p.name for p in visible(reg)] == ["class_00000.png", "class_00001.png"]
+    assert [p.name for p in visible(reg, "*.png")] == ["class_00000.png", "class_00001.png"]
     assert len(hidden(reg)) == 1 and hidden(reg)[0].startswith(".class_00002.png.")   # the temp: hidden, ignored
     assert check_files_whole(reg) == 3                                 # even the temp is whole (fsync, then rename)
-    reg_times = mtimes(visible(reg))
+    reg_times = mtimes(visible(reg, "*.png"))
 
     # 2. killed after the 2nd latent of the instance images is cached
     r = dbtutor_train(config, "cache:2")
     assert r.returncode == -9, r.stderr
-    assert len(visible(reg)) == 6 and hidden(reg) == []             # the rest generated, the dead temp removed
-    assert mtimes(visible(reg)[:2]) == reg_times                      # the two finished ones were not redone
+    assert len(visible(reg, "*.png")) == 6 and hidden(reg) == []             # the rest generated, the dead temp removed
+    assert mtimes(visible(reg, "*.png")[:2]) == reg_times                      # the two finished ones were not redone
     assert len(visible(inst_cache, "*.safetensors")) == 2 and not (inst_cache / "manifest.json").exists()
     assert check_files_whole(tmp_path) == 8
     cache_times = mtimes(visible(inst_cache, "*.safetensors"))
@@ -114,7 +115,7 @@ trainer: {{max_steps: 6, checkpoint_every: 2, progress: false}}
     assert [p.name for p in checkpoint.complete(out)] == ["step_000004", "step_000005"]
     assert hidden(ckpts) == []                                          # the half-written step 4 was cleaned
     assert mtimes(visible(inst_cache, "*.safetensors") + visible(reg_cache, "*.safetensors")) == all_cache_times
-    assert all(mtimes(visible(reg))[k] == v for k, v in reg_times.items())
+    assert all(mtimes(visible(reg, "*.png"))[k] == v for k, v in reg_times.items())
 
     # 5. killed while the final pipeline is swapped into output_dir (after two of its parts)
     r = dbtutor_train(config, "pipeline:3")
