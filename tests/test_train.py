@@ -84,5 +84,6 @@ def test_v_prediction_checkpoint_trains_against_velocity(tmp_path, tiny_config, 
     assert len(calls) == 2
     assert StableDiffusionPipeline.from_pretrained(res.output_dir).scheduler.config.prediction_type == "v_prediction"
     calls.clear()
-    dbtutor.train(tiny_config(**{"trainer.max_steps": 2, "output_dir": str(tmp_path / "eps")}))
+    dbtutor.train(tiny_config(**{"trainer.max_steps": 2, "output_dir": str(tmp_path / "eps"),
+                                 "model.data.regularization_dir": str(tmp_path / "reg_eps")}))   # another model
     assert calls == []
