@@ -138,6 +138,12 @@ def ema_init(modules):
     return {f"{n}.{k}": v.detach().clone() for n, m in modules.items() for k, v in m.state_dict().items()}
 
 
+def load_ema(modules, ema):
+    """Put the EMA weights (keys "name.param", as ema_init makes them) into the named modules."""
+    for name, m in modules.items():
+        m.load_state_dict({k[len(name) + 1:]: v for k, v in ema.items() if k.startswith(name + ".")})
+
+
 # ----------------------------------------------------------------------------- stages
 
 def stage_judge(work, out, seed, steps):
@@ -254,8 +260,7 @@ def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.
 
     ema = train_loop("unet", work, steps, seed, [p for m in modules.values() for p in m.parameters()], modules,
                      step_fn, lr=3e-4, ema=ema_init(modules))
-    for name, m in modules.items():
-        m.load_state_dict({k[len(name) + 1:]: v for k, v in ema.items() if k.startswith(name + ".")})
+    load_ema(modules, ema)
     return te, unet
 
 

@@ -27,29 +27,42 @@ def normalised_entropy(names: list[str], classes: list[str]) -> float:
     return h / math.log(len(classes))
 
 
+def judged(pipe, judge, prompts: list[str], k: int, seed0: int, steps: int = 20, guidance: float = 5.0,
+           scheduler: str = "dpm"):
+    """Each prompt k times with seeds seed0, seed0+1, ...: (images, the judge's predictions)."""
+    ps = [p for p in prompts for _ in range(k)]
+    images = sample(pipe, ps, [seed0 + i for i in range(len(ps))], steps, guidance, scheduler)
+    return images, J.predict(judge, images)
+
+
+def scene_quality(pipe, judge, steps: int = 20, guidance: float = 5.0, scheduler: str = "dpm"):
+    """The scene prompts, every object x scene with 2 seeds: (images, predictions, scene and object accuracy).
+    prior_quality's scene part, and on its own a quick probe during pretraining."""
+    scene_prompts = [(o, s) for o in OBJECTS for s in SCENES]
+    images, pred = judged(pipe, judge, [f"a photo of a {o} {SCENE_PHRASE[s]}" for o, s in scene_prompts], 2,
+                          20_000, steps, guidance, scheduler)
+    truth = [(o, s) for o, s in scene_prompts for _ in range(2)]
+    return images, pred, {"scene": sum(p == s for p, (_, s) in zip(pred["scene"], truth)) / len(truth),
+                          "scene_object": sum(p == o for p, (o, _) in zip(pred["object"], truth)) / len(truth)}
+
+
 def prior_quality(pipe, judge, seeds_per_prompt: int = 3, class_seeds: int = 16, steps: int = 20,
                   guidance: float = 5.0, scheduler: str = "dpm") -> dict:
     """Judge-scored accuracy of the prior on colour/object, scene and bare-class prompts (fixed seeds)."""
     def run(prompts, k, seed0):
-        ps = [p for p in prompts for _ in range(k)]
-        seeds = [seed0 + i for i in range(len(ps))]
-        images = sample(pipe, ps, seeds, steps, guidance, scheduler)
-        return images, J.predict(judge, images)
+        return judged(pipe, judge, prompts, k, seed0, steps, guidance, scheduler)
 
     pairs = [(c, o) for o in OBJECTS for c in COLORS]
     im1, p1 = run([f"a photo of {article(c)} {c} {o}" for c, o in pairs], seeds_per_prompt, 10_000)
     truth = [(c, o) for c, o in pairs for _ in range(seeds_per_prompt)]
-    scene_prompts = [(o, s) for o in OBJECTS for s in SCENES]
-    im2, p2 = run([f"a photo of a {o} {SCENE_PHRASE[s]}" for o, s in scene_prompts], 2, 20_000)
-    truth2 = [(o, s) for o, s in scene_prompts for _ in range(2)]
+    im2, p2, scene = scene_quality(pipe, judge, steps, guidance, scheduler)
     im3, p3 = run([f"a photo of a {o}" for o in OBJECTS], class_seeds, 30_000)
     class_colors = [p3["color"][i * class_seeds:(i + 1) * class_seeds] for i in range(len(OBJECTS))]
     looks = p1["look"] + p2["look"] + p3["look"]
     res = {
         "object": sum(p == o for p, (_, o) in zip(p1["object"], truth)) / len(truth),
         "color": sum(p == c for p, (c, _) in zip(p1["color"], truth)) / len(truth),
-        "scene": sum(p == s for p, (_, s) in zip(p2["scene"], truth2)) / len(truth2),
-        "scene_object": sum(p == o for p, (o, _) in zip(p2["object"], truth2)) / len(truth2),
+        **scene,
         "class_object": sum(p == OBJECTS[i // class_seeds] for i, p in enumerate(p3["object"])) / len(p3["object"]),
         "class_color_entropy": sum(normalised_entropy(c, list(COLORS)) for c in class_colors) / len(class_colors),
         "subject_looks": sum(lk != "ordinary" for lk in looks) / len(looks),
