@@ -110,6 +110,11 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
     log3 = (tmp_path / "work3" / "log.txt").read_text()
     unet_lines = [line for line in log3.splitlines() if line.startswith("unet step")]
     assert "unet step 2/2" in log3 and all("mse=" in line for line in unet_lines)   # the weighted loss logs its MSE
+    # --snr-gamma-steps 2: step 3 (index 2) of an extension to 3 trains with plain MSE again
+    pretrain.main(["--out", str(tmp_path / "models3"), "--work", str(tmp_path / "work3")] + args[4:]
+                  + ["--unet-steps", "2,3", "--snr-gamma", "5", "--snr-gamma-steps", "2", "--noise-offset", "0.1"])
+    last = (tmp_path / "work3" / "log.txt").read_text().splitlines()[-1]
+    assert last.startswith("unet step 3/3") and "mse=" not in last
     assert all("mse=" not in line for line in log.splitlines() if line.startswith("unet"))  # default: plain MSE
 
 

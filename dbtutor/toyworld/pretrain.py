@@ -107,7 +107,7 @@ def train_loop(stage, work, steps, seed, params, modules, step_fn, lr, ckpt_ever
     for step in bar:
         for m in modules.values():
             m.train()
-        logs = step_fn(step_generator(seed, stage, step))
+        logs = step_fn(step_generator(seed, stage, step), step)
         opt.zero_grad(set_to_none=True)
         logs["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -154,7 +154,7 @@ def stage_judge(work, out, seed, steps):
     labels = {k: torch.tensor([J.labels_of(a)[k] for a in attrs]) for k in J.HEADS}
     judge = J.Judge()
 
-    def step_fn(g):
+    def step_fn(g, step):
         idx = torch.randint(len(x), (64,), generator=g)
         xb = J.augment(J.to_tensor(x[idx.numpy()]), g)
         if bool(torch.rand(1, generator=g) < 0.5):
@@ -177,7 +177,7 @@ def stage_vae(work, seed, steps, steps_full):
     vae = make_vae()
     x, _ = load_set(work / "world")
 
-    def step_fn(g):
+    def step_fn(g, step):
         step_full = bool(torch.rand(1, generator=g) < steps_full / steps)
         idx = torch.randint(len(x), (32,), generator=g)
         xb = J.to_tensor(x[idx.numpy()])
@@ -226,7 +226,7 @@ def min_snr_weight(noise_sched, t, gamma: float) -> torch.Tensor:
     return snr.clamp(max=gamma) / snr
 
 
-def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.0):
+def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.0, snr_gamma_steps=None):
     _, attrs = load_set(work / "world")
     te, unet = make_text_encoder(), make_unet()
     modules = {"text_encoder": te, "unet": unet}
@@ -234,7 +234,7 @@ def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.
     scale = float(lat["scaling_factor"])
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
 
-    def step_fn(g):
+    def step_fn(g, step):
         idx = torch.randint(len(attrs), (32,), generator=g)
         rng = np.random.default_rng(int(torch.randint(2 ** 31, (1,), generator=g)))
         caps = [caption(attrs[i], rng) for i in idx.tolist()]
@@ -252,10 +252,13 @@ def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.
             noise = noise + noise_offset * torch.randn(z.shape[:2] + (1, 1), generator=g)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (32,), generator=g)
         pred = unet(noise_sched.add_noise(z, noise, t), t, te(ids)[0]).sample
-        if not snr_gamma:
+        # Min-SNR for the first snr_gamma_steps steps (the layout: which scene, which object), then plain MSE,
+        # which gives the low-noise steps (the shapes' edges) their full weight back
+        gamma = snr_gamma if snr_gamma_steps is None or step < snr_gamma_steps else 0.0
+        if not gamma:
             return {"loss": F.mse_loss(pred, noise)}
         mse = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        loss = (mse * min_snr_weight(noise_sched, t, snr_gamma)).mean()
+        loss = (mse * min_snr_weight(noise_sched, t, gamma)).mean()
         return {"loss": loss, "mse": mse.mean().detach()}
 
     ema = train_loop("unet", work, steps, seed, [p for m in modules.values() for p in m.parameters()], modules,
@@ -312,6 +315,8 @@ def main(argv=None):
                     help="steps, or increasing ends with warm restarts, e.g. 3000,7000 (the shipped weights)")
     ap.add_argument("--snr-gamma", type=float, default=0.0,
                     help="Min-SNR-gamma loss weighting, e.g. 5 (default 0: plain MSE, as the shipped weights)")
+    ap.add_argument("--snr-gamma-steps", type=int, default=None,
+                    help="use --snr-gamma only for the first N UNet steps, plain MSE after (default: all steps)")
     ap.add_argument("--noise-offset", type=float, default=0.0,
                     help="offset noise on the UNet's targets, e.g. 0.1 (default 0: off, as the shipped weights)")
     ap.add_argument("--threads", type=int, default=0)
@@ -333,7 +338,7 @@ def main(argv=None):
     tokenizer = prepare_tokenizer(args.work / "tokenizer")
     torch.manual_seed(args.seed)
     te, unet = stage_unet(args.work, args.seed, args.unet_steps, lat, tokenizer, args.snr_gamma,
-                           args.noise_offset)
+                           args.noise_offset, args.snr_gamma_steps)
     export(args.out, vae, te, unet, tokenizer, float(lat["scaling_factor"]))
     print(f"pretraining done in {(time.time() - t0) / 60:.1f} min")
 
