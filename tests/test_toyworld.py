@@ -102,20 +102,19 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
             for m in ("models", "models2"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
-    # the scene-binding recipe (Min-SNR weighting + offset noise) trains through the same loop
+    # the default recipe weights the loss with Min-SNR (and logs the plain MSE beside it); off, the loss is plain MSE
     shutil.copytree(tmp_path / "work", tmp_path / "work3", ignore=shutil.ignore_patterns("unet.ckpt", "log.txt"))
     shutil.copytree(tmp_path / "models" / "toyworld-judge", tmp_path / "models3" / "toyworld-judge")
     pretrain.main(["--out", str(tmp_path / "models3"), "--work", str(tmp_path / "work3")] + args[4:]
-                  + ["--unet-steps", "2", "--snr-gamma", "5", "--noise-offset", "0.1"])
+                  + ["--unet-steps", "2", "--snr-gamma", "0", "--noise-offset", "0"])
     log3 = (tmp_path / "work3" / "log.txt").read_text()
     unet_lines = [line for line in log3.splitlines() if line.startswith("unet step")]
-    assert "unet step 2/2" in log3 and all("mse=" in line for line in unet_lines)   # the weighted loss logs its MSE
-    # --snr-gamma-steps 2: step 3 (index 2) of an extension to 3 trains with plain MSE again
-    pretrain.main(["--out", str(tmp_path / "models3"), "--work", str(tmp_path / "work3")] + args[4:]
-                  + ["--unet-steps", "2,3", "--snr-gamma", "5", "--snr-gamma-steps", "2", "--noise-offset", "0.1"])
-    last = (tmp_path / "work3" / "log.txt").read_text().splitlines()[-1]
-    assert last.startswith("unet step 3/3") and "mse=" not in last
-    assert all("mse=" not in line for line in log.splitlines() if line.startswith("unet"))  # default: plain MSE
+    assert "unet step 2/2" in log3 and all("mse=" not in line for line in unet_lines)
+    assert all("mse=" in line for line in log.splitlines() if line.startswith("unet"))     # default: Min-SNR
+    # --snr-gamma-steps 4: step 5 (index 4) of an extension of the default run to 5 trains with plain MSE again
+    pretrain.main(args + ["--unet-steps", "2,4,5", "--snr-gamma-steps", "4"])
+    last = (tmp_path / "work" / "log.txt").read_text().splitlines()[-1]
+    assert last.startswith("unet step 5/5") and "mse=" not in last
 
 
 def test_warm_restart_schedule_matches_an_extended_run():

@@ -248,7 +248,7 @@ def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.
         # offset noise: a random shift of each latent channel's mean. The scaled-linear schedule never fully
         # hides the image's mean colour (SNR(T) = 0.005), so without it the model reads the background from
         # that leak instead of from the caption, and at sampling time the seed, not "on the snow", picks it.
-        if noise_offset:                       # (no draw when off: the shipped recipe's random stream is unchanged)
+        if noise_offset:                                      # (no random draw at all when it is off)
             noise = noise + noise_offset * torch.randn(z.shape[:2] + (1, 1), generator=g)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (32,), generator=g)
         pred = unet(noise_sched.add_noise(z, noise, t), t, te(ids)[0]).sample
@@ -311,14 +311,16 @@ def main(argv=None):
     ap.add_argument("--judge-steps", type=int, default=2500)
     ap.add_argument("--vae-steps", type=int, default=3000)
     ap.add_argument("--vae-full-steps", type=int, default=300, help="of --vae-steps, how many at 64 px (rest: 32 px crops)")
-    ap.add_argument("--unet-steps", type=_ends, default=(3000, 7000),
-                    help="steps, or increasing ends with warm restarts, e.g. 3000,7000 (the shipped weights)")
-    ap.add_argument("--snr-gamma", type=float, default=0.0,
-                    help="Min-SNR-gamma loss weighting, e.g. 5 (default 0: plain MSE, as the shipped weights)")
-    ap.add_argument("--snr-gamma-steps", type=int, default=None,
-                    help="use --snr-gamma only for the first N UNet steps, plain MSE after (default: all steps)")
-    ap.add_argument("--noise-offset", type=float, default=0.0,
-                    help="offset noise on the UNet's targets, e.g. 0.1 (default 0: off, as the shipped weights)")
+    # the defaults are the shipped weights' recipe: 5,000 steps with Min-SNR-5 and offset noise, then extended
+    # (warm restarts) to 6,000 and 8,000, with plain MSE from step 5,250 on
+    ap.add_argument("--unet-steps", type=_ends, default=(5000, 6000, 8000),
+                    help="steps, or increasing ends with warm restarts, e.g. 3000,9000 (default 5000,6000,8000)")
+    ap.add_argument("--snr-gamma", type=float, default=5.0,
+                    help="Min-SNR-gamma loss weighting (default 5; 0: plain MSE)")
+    ap.add_argument("--snr-gamma-steps", type=int, default=5250,
+                    help="use --snr-gamma only for the first N UNet steps, plain MSE after (default 5250)")
+    ap.add_argument("--noise-offset", type=float, default=0.1,
+                    help="offset noise on the UNet's targets (default 0.1; 0: off)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
