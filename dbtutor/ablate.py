@@ -241,7 +241,5 @@ def _regularization(cfg):
     c.trainer.seed = 0
     try:
         generate_regularization(c, progress=False)
-    except DataError:                       # class images of an earlier base model: as for a finished run
-        raise ConfigError(f"{c.model.data.regularization_dir} was made with another model.pretrained (weights) "
-                          "or regularization_prompt: use another --work folder, or delete that folder to redo it"
-                          ) from None
+    except DataError as e:                  # e.g. class images of an earlier base model, or an unreadable record
+        raise ConfigError(f"{e}; or use another --work folder") from None

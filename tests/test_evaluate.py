@@ -289,9 +289,17 @@ def test_ablate_end_to_end_and_resume(tiny_config, random_judge, tmp_path, monke
     model = tmp_path / "model"
     shutil.copytree(cfg.model.pretrained, model)
     cfg2 = tiny_config(**{"trainer.device": "cpu", "model.pretrained": str(model)})
-    kw2 = {**kw, "work": tmp_path / "abl2", "weights": [0]}
+    kw2 = {**kw, "work": tmp_path / "abl2", "weights": [1]}
     A.ablate(cfg2, **kw2)
     w = model / "unet" / "diffusion_pytorch_model.safetensors"
     w.write_bytes(w.read_bytes()[:-4] + b"\x00\x00\x00\x01")        # "retrained": other weights, same folder
-    with pytest.raises(ConfigError, match=r"model.pretrained \(weights\)"):
+    with pytest.raises(ConfigError, match=r"model.pretrained \(weights\)"):       # a finished run's record
+        A.ablate(cfg2, **kw2)
+    shutil.rmtree(tmp_path / "abl2" / "runs")                       # no runs left: the class folder's record speaks
+    with pytest.raises(ConfigError, match=r"another base model.*or use another --work folder"):
+        A.ablate(cfg2, **kw2)
+    # an unreadable class-folder record is reported as unreadable, not as another model
+    from dbtutor.regularization import PROVENANCE
+    (tmp_path / "abl2" / "reg" / "twotone_ball" / PROVENANCE).write_text("{not json")
+    with pytest.raises(ConfigError, match=r"is unreadable.*or use another --work folder"):
         A.ablate(cfg2, **kw2)

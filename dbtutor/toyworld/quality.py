@@ -49,14 +49,13 @@ def scene_quality(pipe, judge, steps: int = 20, guidance: float = 5.0, scheduler
 def prior_quality(pipe, judge, seeds_per_prompt: int = 3, class_seeds: int = 16, steps: int = 20,
                   guidance: float = 5.0, scheduler: str = "dpm") -> dict:
     """Judge-scored accuracy of the prior on colour/object, scene and bare-class prompts (fixed seeds)."""
-    def run(prompts, k, seed0):
-        return judged(pipe, judge, prompts, k, seed0, steps, guidance, scheduler)
-
     pairs = [(c, o) for o in OBJECTS for c in COLORS]
-    im1, p1 = run([f"a photo of {article(c)} {c} {o}" for c, o in pairs], seeds_per_prompt, 10_000)
+    im1, p1 = judged(pipe, judge, [f"a photo of {article(c)} {c} {o}" for c, o in pairs], seeds_per_prompt, 10_000,
+                     steps, guidance, scheduler)
     truth = [(c, o) for c, o in pairs for _ in range(seeds_per_prompt)]
     im2, p2, scene = scene_quality(pipe, judge, steps, guidance, scheduler)
-    im3, p3 = run([f"a photo of a {o}" for o in OBJECTS], class_seeds, 30_000)
+    im3, p3 = judged(pipe, judge, [f"a photo of a {o}" for o in OBJECTS], class_seeds, 30_000, steps, guidance,
+                     scheduler)
     class_colors = [p3["color"][i * class_seeds:(i + 1) * class_seeds] for i in range(len(OBJECTS))]
     looks = p1["look"] + p2["look"] + p3["look"]
     res = {
