@@ -27,6 +27,7 @@ NOTEBOOK_ENV = {"DBTUTOR_NB_MAX_STEPS": "4", "DBTUTOR_NB_NUM_REG_IMAGES": "4", "
                 "DBTUTOR_NB_SAMPLER_STEPS": "4", "DBTUTOR_NB_SWEEP_WEIGHTS": "0,1", "DBTUTOR_NB_PRIOR_LOSS_WEIGHT": "1"}
 NEW_WEIGHT = "0.5"  # typed into the prior_loss_weight slider before "retrain and redraw"
 RUN_TIMEOUT = 600  # seconds for "Run All Cells" on the real notebook
+LOAD_TIMEOUT = 180  # seconds for JupyterLab to load a notebook page
 WIDGET_SELECTOR = ".widget-slider, .widget-hslider, .widget-text, .widget-button, .jupyter-widgets button"
 STDERR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
 
@@ -143,8 +144,10 @@ def page(jupyterlab, tmp_path):
 
 def open_notebook(page, url: str, relpath: str) -> None:
     """Open the notebook and wait until its kernel (the one named in its metadata) has started and is idle."""
-    page.goto(f"{url}/lab/tree/{relpath}?reset")  # ?reset: a fresh workspace, no tabs of an earlier test
-    page.locator(".jp-Notebook .jp-Cell").first.wait_for()
+    # ?reset: a fresh workspace, no tabs of an earlier test. JupyterLab's first load (several MB of scripts) has
+    # taken over 60 s on 2 busy cores, so the page load gets 3 minutes; the rest keeps the 60 s default
+    page.goto(f"{url}/lab/tree/{relpath}?reset", timeout=LOAD_TIMEOUT * 1000)
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=LOAD_TIMEOUT * 1000)
     deadline = time.monotonic() + 120
     while not _server_kernel_idle(url, relpath) or kernel_status(page) != "idle":
         dialogs = page.locator(".jp-Dialog")
