@@ -75,9 +75,8 @@ def test_shipped_tokenizer_files_are_rebuilt_identically(tmp_path):
 def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
     from diffusers import StableDiffusionPipeline
     from dbtutor.toyworld import pretrain
-    from dbtutor.toyworld.judge import load_judge, predict
     args = ["--out", str(tmp_path / "models"), "--work", str(tmp_path / "work"), "--n-images", "300",
-            "--judge-images", "300", "--judge-steps", "3", "--vae-steps", "3", "--vae-full-steps", "1"]
+            "--vae-steps", "3", "--vae-full-steps", "1"]
     pretrain.main(args + ["--unet-steps", "2"])
     pretrain.main(args + ["--unet-steps", "4"])                      # continues the UNet from step 2
     out = capsys.readouterr().out
@@ -88,14 +87,12 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
     assert all(next(getattr(pipe, n).parameters()).dtype == torch.float32 for n in ("unet", "vae", "text_encoder"))
     images = pipe("a photo of a red ball", num_inference_steps=2).images
     assert images[0].size == (64, 64)
-    judge = load_judge(tmp_path / "models" / "toyworld-judge")
-    assert set(predict(judge, images)) == {"object", "color", "pattern", "scene", "look"}
+    assert not (tmp_path / "models" / "toyworld-judge").exists()      # the judge has its own command
 
     # one command with warm-restart ends (2,4) reproduces "2 steps, then extended to 4" exactly
     import shutil
     from safetensors.torch import load_file
     shutil.copytree(tmp_path / "work", tmp_path / "work2", ignore=shutil.ignore_patterns("unet.ckpt", "log.txt"))
-    shutil.copytree(tmp_path / "models" / "toyworld-judge", tmp_path / "models2" / "toyworld-judge")
     pretrain.main(["--out", str(tmp_path / "models2"), "--work", str(tmp_path / "work2")] + args[4:]
                   + ["--unet-steps", "2,4"])
     a, b = (load_file(tmp_path / m / "toyworld" / "unet" / "diffusion_pytorch_model.safetensors")
@@ -104,7 +101,6 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
 
     # the default recipe weights the loss with Min-SNR (and logs the plain MSE beside it); off, the loss is plain MSE
     shutil.copytree(tmp_path / "work", tmp_path / "work3", ignore=shutil.ignore_patterns("unet.ckpt", "log.txt"))
-    shutil.copytree(tmp_path / "models" / "toyworld-judge", tmp_path / "models3" / "toyworld-judge")
     pretrain.main(["--out", str(tmp_path / "models3"), "--work", str(tmp_path / "work3")] + args[4:]
                   + ["--unet-steps", "2", "--snr-gamma", "0", "--noise-offset", "0"])
     log3 = (tmp_path / "work3" / "log.txt").read_text()
@@ -115,6 +111,27 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
     pretrain.main(args + ["--unet-steps", "2,4,5", "--snr-gamma-steps", "4"])
     last = (tmp_path / "work" / "log.txt").read_text().splitlines()[-1]
     assert last.startswith("unet step 5/5") and "mse=" not in last
+
+
+def test_train_judge_a_few_steps_prints_accuracy_and_resumes(tmp_path, capsys):
+    from dbtutor.toyworld import train_judge
+    from dbtutor.toyworld.judge import HEADS, load_judge, predict
+    from dbtutor.toyworld.world import render, sample_attrs
+    args = ["--out", str(tmp_path / "models"), "--work", str(tmp_path / "work"), "--n-images", "200"]
+    train_judge.main(args + ["--steps", "2"])
+    train_judge.main(args + ["--steps", "3"])                          # continues from step 2
+    out = capsys.readouterr().out
+    assert "[judge] resuming from step 2" in out and out.count("judge held-out accuracy:") == 2
+    acc = json.loads(out.strip().splitlines()[-2].split(":", 1)[1])
+    assert set(acc) == set(HEADS) and all(0 <= v <= 1 for v in acc.values())
+    meta = json.loads((tmp_path / "models" / "toyworld-judge" / "judge.json").read_text())
+    assert meta["heldout_accuracy"] == pytest.approx(acc, abs=1e-4)
+    judge = load_judge(tmp_path / "models" / "toyworld-judge")
+    images = [render(sample_attrs(np.random.default_rng(i))) for i in range(3)]
+    pred = predict(judge, images)
+    assert set(pred) == set(HEADS) and all(len(v) == 3 for v in pred.values())
+    with pytest.raises(FileNotFoundError, match="train_judge"):
+        load_judge(tmp_path / "nowhere")
 
 
 def test_warm_restart_schedule_matches_an_extended_run():

@@ -95,7 +95,7 @@ def load_judge(folder: Path) -> Judge:
     folder = Path(folder)
     path = folder / "judge.safetensors"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: train it with `python -m dbtutor.toyworld.pretrain`")
+        raise FileNotFoundError(f"{path} not found: train it with `python -m dbtutor.toyworld.train_judge`")
     meta = json.loads((folder / "judge.json").read_text())
     if meta["heads"] != HEADS:
         raise ValueError(f"{folder}: the judge was trained on another vocabulary of the world; retrain it")

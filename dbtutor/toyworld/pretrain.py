@@ -1,9 +1,10 @@
-"""Train the embedded base model from scratch on the toy world: judge, VAE, then text encoder + UNet. Resumable.
+"""Train the embedded base model from scratch on the toy world: VAE, then text encoder + UNet. Resumable.
 
     python -m dbtutor.toyworld.pretrain --out data/models --work work/pretrain
 
 Each stage checkpoints atomically every few hundred steps into --work and skips itself when done, so an
 interrupted run continues where it stopped. Every random draw is derived from (seed, stage, step).
+The judge that scores the result has its own command, `python -m dbtutor.toyworld.train_judge`.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from .models import make_noise_scheduler, make_pipeline_scheduler, make_text_enc
 from .tokenizer import prepare_tokenizer
 from .world import LOOKS, Attrs, caption, render, sample_attrs
 
-STAGES = ("render", "judge", "vae", "latents", "unet", "export")
+STAGES = ("render", "judge", "vae", "latents", "unet", "export")     # an index seeds each stage's draws: keep the order
 
 
 # ----------------------------------------------------------------------------- data
@@ -146,33 +147,6 @@ def load_ema(modules, ema):
 
 # ----------------------------------------------------------------------------- stages
 
-def stage_judge(work, out, seed, steps):
-    if (out / "toyworld-judge" / "judge.safetensors").exists():
-        return
-    x, attrs = load_set(work / "judge_train")
-    xt, attrs_t = load_set(work / "judge_test")
-    labels = {k: torch.tensor([J.labels_of(a)[k] for a in attrs]) for k in J.HEADS}
-    judge = J.Judge()
-
-    def step_fn(g, step):
-        idx = torch.randint(len(x), (64,), generator=g)
-        xb = J.augment(J.to_tensor(x[idx.numpy()]), g)
-        if bool(torch.rand(1, generator=g) < 0.5):
-            xb = xb.flip(3)
-        logits = judge(xb)
-        losses = {k: F.cross_entropy(v, labels[k][idx], ignore_index=J.IGNORE) for k, v in logits.items()}
-        return {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}
-
-    train_loop("judge", work, steps, seed, list(judge.parameters()), {"judge": judge}, step_fn, lr=2e-3)
-    pred = J.predict(judge, xt)
-    acc = {}
-    for k in J.HEADS:
-        pairs = [(p, getattr(a, k)) for p, a in zip(pred[k], attrs_t) if J.labels_of(a)[k] != J.IGNORE]
-        acc[k] = sum(p == t for p, t in pairs) / len(pairs)
-    print("judge held-out accuracy:", json.dumps({k: round(v, 4) for k, v in acc.items()}))
-    J.save_judge(judge, out / "toyworld-judge", acc)
-
-
 def stage_vae(work, seed, steps, steps_full):
     vae = make_vae()
     x, _ = load_set(work / "world")
@@ -226,7 +200,7 @@ def min_snr_weight(noise_sched, t, gamma: float) -> torch.Tensor:
     return snr.clamp(max=gamma) / snr
 
 
-def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.0, snr_gamma_steps=None):
+def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.0, snr_gamma_steps=None, lr=3e-4):
     _, attrs = load_set(work / "world")
     te, unet = make_text_encoder(), make_unet()
     modules = {"text_encoder": te, "unet": unet}
@@ -262,7 +236,7 @@ def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.
         return {"loss": loss, "mse": mse.mean().detach()}
 
     ema = train_loop("unet", work, steps, seed, [p for m in modules.values() for p in m.parameters()], modules,
-                     step_fn, lr=3e-4, ema=ema_init(modules))
+                     step_fn, lr=lr, ema=ema_init(modules))
     load_ema(modules, ema)
     return te, unet
 
@@ -307,8 +281,6 @@ def main(argv=None):
     ap.add_argument("--work", type=Path, default=Path("work/pretrain"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-images", type=int, default=40_000)
-    ap.add_argument("--judge-images", type=int, default=24_000)
-    ap.add_argument("--judge-steps", type=int, default=2500)
     ap.add_argument("--vae-steps", type=int, default=3000)
     ap.add_argument("--vae-full-steps", type=int, default=300, help="of --vae-steps, how many at 64 px (rest: 32 px crops)")
     # the defaults are the shipped weights' recipe: 5,000 steps with Min-SNR-5 and offset noise, then extended
@@ -321,6 +293,7 @@ def main(argv=None):
                     help="use --snr-gamma only for the first N UNet steps, plain MSE after (default 5250)")
     ap.add_argument("--noise-offset", type=float, default=0.1,
                     help="offset noise on the UNet's targets (default 0.1; 0: off)")
+    ap.add_argument("--unet-lr", type=float, default=3e-4, help="peak learning rate of text encoder + UNet (default 3e-4)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
@@ -330,17 +303,13 @@ def main(argv=None):
     t0 = time.time()
     torch.manual_seed(args.seed)
     render_set(args.work / "world", args.n_images, seed=args.seed + 1)
-    render_set(args.work / "judge_train", args.judge_images, seed=args.seed + 2, p_look=0.2)
-    render_set(args.work / "judge_test", 3000, seed=args.seed + 3, p_look=0.2)
-    torch.manual_seed(args.seed)
-    stage_judge(args.work, args.out, args.seed, args.judge_steps)
     torch.manual_seed(args.seed)
     vae = stage_vae(args.work, args.seed, args.vae_steps, args.vae_full_steps)
     lat = stage_latents(args.work, vae)
     tokenizer = prepare_tokenizer(args.work / "tokenizer")
     torch.manual_seed(args.seed)
     te, unet = stage_unet(args.work, args.seed, args.unet_steps, lat, tokenizer, args.snr_gamma,
-                           args.noise_offset, args.snr_gamma_steps)
+                           args.noise_offset, args.snr_gamma_steps, args.unet_lr)
     export(args.out, vae, te, unet, tokenizer, float(lat["scaling_factor"]))
     print(f"pretraining done in {(time.time() - t0) / 60:.1f} min")
 
