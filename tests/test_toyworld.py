@@ -99,18 +99,21 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
             for m in ("models", "models2"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
-    # the default recipe weights the loss with Min-SNR (and logs the plain MSE beside it); off, the loss is plain MSE
+    # the default recipe's loss is plain MSE (the log shows one loss); --snr-gamma 5 weights it with Min-SNR and
+    # logs the plain MSE beside it
+    assert all("mse=" not in line for line in log.splitlines() if line.startswith("unet"))     # default: plain MSE
     shutil.copytree(tmp_path / "work", tmp_path / "work3", ignore=shutil.ignore_patterns("unet.ckpt", "log.txt"))
-    pretrain.main(["--out", str(tmp_path / "models3"), "--work", str(tmp_path / "work3")] + args[4:]
-                  + ["--unet-steps", "2", "--snr-gamma", "0", "--noise-offset", "0"])
+    args3 = (["--out", str(tmp_path / "models3"), "--work", str(tmp_path / "work3")] + args[4:]
+             + ["--snr-gamma", "5", "--noise-offset", "0"])
+    pretrain.main(args3 + ["--unet-steps", "2"])
     log3 = (tmp_path / "work3" / "log.txt").read_text()
-    unet_lines = [line for line in log3.splitlines() if line.startswith("unet step")]
-    assert "unet step 2/2" in log3 and all("mse=" not in line for line in unet_lines)
-    assert all("mse=" in line for line in log.splitlines() if line.startswith("unet"))     # default: Min-SNR
-    # --snr-gamma-steps 4: step 5 (index 4) of an extension of the default run to 5 trains with plain MSE again
-    pretrain.main(args + ["--unet-steps", "2,4,5", "--snr-gamma-steps", "4"])
-    last = (tmp_path / "work" / "log.txt").read_text().splitlines()[-1]
-    assert last.startswith("unet step 5/5") and "mse=" not in last
+    assert "unet step 2/2" in log3 and all("mse=" in line for line in log3.splitlines() if line.startswith("unet"))
+    # --snr-gamma-steps 4: extended to 4, steps 3-4 still use Min-SNR; to 5, step 5 (index 4) is plain MSE
+    pretrain.main(args3 + ["--unet-steps", "2,4", "--snr-gamma-steps", "4"])
+    pretrain.main(args3 + ["--unet-steps", "2,4,5", "--snr-gamma-steps", "4"])
+    lines = [line for line in (tmp_path / "work3" / "log.txt").read_text().splitlines() if line.startswith("unet")]
+    assert lines[-1].startswith("unet step 5/5") and "mse=" not in lines[-1]
+    assert any(line.startswith("unet step 4/") and "mse=" in line for line in lines)
 
 
 def test_train_judge_a_few_steps_prints_accuracy_and_resumes(tmp_path, capsys):

@@ -200,7 +200,7 @@ def min_snr_weight(noise_sched, t, gamma: float) -> torch.Tensor:
     return snr.clamp(max=gamma) / snr
 
 
-def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.0, snr_gamma_steps=None, lr=3e-4):
+def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.0, snr_gamma_steps=None, lr=6e-4):
     _, attrs = load_set(work / "world")
     te, unet = make_text_encoder(), make_unet()
     modules = {"text_encoder": te, "unet": unet}
@@ -283,17 +283,17 @@ def main(argv=None):
     ap.add_argument("--n-images", type=int, default=40_000)
     ap.add_argument("--vae-steps", type=int, default=3000)
     ap.add_argument("--vae-full-steps", type=int, default=300, help="of --vae-steps, how many at 64 px (rest: 32 px crops)")
-    # the defaults are the shipped weights' recipe: 5,000 steps with Min-SNR-5 and offset noise, then extended
-    # (warm restarts) to 6,000 and 8,000, with plain MSE from step 5,250 on
-    ap.add_argument("--unet-steps", type=_ends, default=(5000, 6000, 8000),
-                    help="steps, or increasing ends with warm restarts, e.g. 3000,9000 (default 5000,6000,8000)")
-    ap.add_argument("--snr-gamma", type=float, default=5.0,
-                    help="Min-SNR-gamma loss weighting (default 5; 0: plain MSE)")
-    ap.add_argument("--snr-gamma-steps", type=int, default=5250,
-                    help="use --snr-gamma only for the first N UNet steps, plain MSE after (default 5250)")
+    # the defaults are the shipped weights' recipe: 5,000 steps, one cosine from a peak lr of 6e-4, plain MSE with
+    # offset noise 0.1 (Min-SNR and warm-restart extensions stay available; README: "How the UNet is trained")
+    ap.add_argument("--unet-steps", type=_ends, default=(5000,),
+                    help="steps, or increasing ends with warm restarts, e.g. 3000,9000 (default 5000)")
+    ap.add_argument("--snr-gamma", type=float, default=0.0,
+                    help="Min-SNR-gamma loss weighting, e.g. 5 (default 0: plain MSE)")
+    ap.add_argument("--snr-gamma-steps", type=int, default=None,
+                    help="use --snr-gamma only for the first N UNet steps, plain MSE after (default: all steps)")
     ap.add_argument("--noise-offset", type=float, default=0.1,
                     help="offset noise on the UNet's targets (default 0.1; 0: off)")
-    ap.add_argument("--unet-lr", type=float, default=3e-4, help="peak learning rate of text encoder + UNet (default 3e-4)")
+    ap.add_argument("--unet-lr", type=float, default=6e-4, help="peak learning rate of text encoder + UNet (default 6e-4)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
