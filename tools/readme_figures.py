@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dbtutor.fileio import atomic_path      # imported first: a missing install fails now, not after the long runs
+
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "docs" / "images"
 
@@ -53,7 +55,6 @@ def _copy(src: Path, name: str, width: int = 1000) -> Path:
     version, so a README picture should weigh ~100 KB, not 1 MB)."""
     from PIL import Image
 
-    from dbtutor.fileio import atomic_path
     dst = IMAGES / name
     im = Image.open(src).convert("RGB")
     if im.width > width:
