@@ -52,12 +52,17 @@ def test_prior_follows_object(judged):
     assert sum(o == t[1] for o, t in zip(pred["object"], truth)) >= 10
 
 
-def test_vae_reconstructs_held_out_world_images_and_the_tool_names_a_missing_vae(tmp_path):
+def test_vae_reconstructs_held_out_world_images_and_the_tool_refuses_bad_paths_in_one_line(tmp_path):
     import re
     import subprocess
     import sys
     tool = [sys.executable, str(ROOT / "tools" / "vae_recon.py")]
     out = subprocess.run(tool + [str(MODEL), "--n", "40"], capture_output=True, text=True, check=True).stdout
     assert float(re.search(r"reconstruction MSE ([0-9.]+) on 40 held-out", out).group(1)) < 0.01
-    bad = subprocess.run(tool + [str(tmp_path / "nothing")], capture_output=True, text=True)
-    assert bad.returncode != 0 and bad.stderr.strip() == f"{tmp_path / 'nothing'}: no such checkpoint or pipeline folder"
+    missing = subprocess.run(tool + [str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert missing.returncode != 0
+    assert missing.stderr.strip() == f"{tmp_path / 'nothing'}: no such checkpoint or pipeline folder"
+    (tmp_path / "unet.ckpt").write_bytes(b"not a checkpoint")
+    wrong = subprocess.run(tool + [str(tmp_path / "unet.ckpt")], capture_output=True, text=True)
+    assert wrong.returncode != 0 and wrong.stderr.strip().startswith(
+        f"{tmp_path / 'unet.ckpt'}: not a pretrain vae.ckpt or a pipeline folder (")

@@ -18,11 +18,16 @@ from dbtutor.toyworld.pretrain import load_set, render_set
 
 
 def load_vae(path: Path):
-    if path.is_dir():                                       # a diffusers pipeline folder (or its vae/ folder)
-        from diffusers import AutoencoderKL
-        return AutoencoderKL.from_pretrained(path / "vae" if (path / "vae").is_dir() else path)
+    """A pretrain checkpoint's VAE, or the VAE of a diffusers pipeline folder (or of a vae/ folder itself)."""
+    try:
+        if path.is_dir():
+            from diffusers import AutoencoderKL
+            return AutoencoderKL.from_pretrained(path / "vae" if (path / "vae").is_dir() else path)
+        state = load_torch(path)["model"]["vae"]
+    except Exception as e:                                  # not a torch file, another stage's checkpoint, ...
+        raise SystemExit(f"{path}: not a pretrain vae.ckpt or a pipeline folder ({type(e).__name__})") from None
     vae = make_vae()
-    vae.load_state_dict(load_torch(path)["model"]["vae"])
+    vae.load_state_dict(state)
     return vae
 
 
@@ -46,8 +51,9 @@ if __name__ == "__main__":
     for p in args.vaes:
         if not p.exists():
             raise SystemExit(f"{p}: no such checkpoint or pipeline folder")
+    vaes = [load_vae(p) for p in args.vaes]                 # bad files fail before the rendering
     with tempfile.TemporaryDirectory() as tmp:
         render_set(Path(tmp) / "heldout", args.n, seed=args.seed)
         x, _ = load_set(Path(tmp) / "heldout")
-    for p in args.vaes:
-        print(f"{p}: reconstruction MSE {recon_mse(load_vae(p), x):.5f} on {args.n} held-out images")
+    for p, vae in zip(args.vaes, vaes):
+        print(f"{p}: reconstruction MSE {recon_mse(vae, x):.5f} on {args.n} held-out images")
