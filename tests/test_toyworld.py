@@ -76,13 +76,18 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
     from diffusers import StableDiffusionPipeline
     from dbtutor.toyworld import pretrain
     args = ["--out", str(tmp_path / "models"), "--work", str(tmp_path / "work"), "--n-images", "300",
-            "--vae-steps", "3", "--vae-full-steps", "1"]
+            "--vae-steps", "3", "--vae-full-steps", "1", "--names-steps", "2"]
     pretrain.main(args + ["--unet-steps", "2"])
     pretrain.main(args + ["--unet-steps", "4"])                      # continues the UNet from step 2
     out = capsys.readouterr().out
     assert "[unet] resuming from step 2" in out
+    assert "[names] the unet stage changed: the names stage starts again" in out    # it continues the new UNet
     log = (tmp_path / "work" / "log.txt").read_text()
     assert "unet step 4/4" in log and "vae step 3/3" in log and log.count("vae step 3/3") == 1
+    assert log.count("names step 2/2") == 2
+    pretrain.main(args + ["--unet-steps", "4"])                      # nothing changed: every stage is done
+    assert "starts again" not in capsys.readouterr().out
+    assert (tmp_path / "work" / "log.txt").read_text().count("names step 2/2") == 2
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "models" / "toyworld")
     assert all(next(getattr(pipe, n).parameters()).dtype == torch.float32 for n in ("unet", "vae", "text_encoder"))
     images = pipe("a photo of a red ball", num_inference_steps=2).images
@@ -158,3 +163,24 @@ def test_min_snr_weights_downweight_only_low_noise_steps():
     assert torch.all(w[1:] >= w[:-1])                                 # more noise, never less weight
     assert torch.allclose(w[snr > 5], 5 / snr[snr > 5])
     assert torch.equal(min_snr_weight(sched, t, 0.0), torch.ones(len(t)))
+
+
+def test_names_are_rare_single_tokens_spread_evenly_over_the_looks_and_never_an_identifier():
+    import numpy as np
+    from collections import Counter
+    from dbtutor.toyworld.names import NAMES_PER_LOOK, RESERVED, named_caption, names_by_look, world_names
+    from dbtutor.toyworld.world import COLORS, OBJECTS, PATTERNS, sample_attrs
+    tok = CLIPTokenizer.from_pretrained(TOKENIZER)
+    names = world_names(TOKENIZER)
+    assert names == world_names(TOKENIZER) and len(names) == len(COLORS) * len(PATTERNS) * NAMES_PER_LOOK
+    assert all(len(tok(n).input_ids) == 3 for n in names)                 # <start> name <end>: one token each
+    assert not set(names) & (RESERVED | {"sks", "ohwx"} | set(COLORS) | set(OBJECTS) | set(PATTERNS))
+    assert set(Counter(names.values()).values()) == {NAMES_PER_LOOK}     # every colour x pattern equally often
+    by_look, rng = names_by_look(names), np.random.default_rng(0)
+    caps = [(a, named_caption(a, rng, by_look, 0.5)) for a in (sample_attrs(rng) for _ in range(400))]
+    named = [(a, c) for a, c in caps if c.split()[3] in names]
+    assert 150 < len(named) < 250
+    for a, c in named:                       # the name stands for the image's own colour and pattern, never a subject's
+        assert names[c.split()[3]] == (a.color, a.pattern) and c.split()[4] == a.object and a.color not in c
+    look = sample_attrs(rng, look="twotone")
+    assert all(c.split()[3] not in names for c in (named_caption(look, rng, by_look, 1.0) for _ in range(20)))

@@ -26,9 +26,10 @@ from ..fileio import atomic_path, load_torch, save_torch, write_json
 from . import judge as J
 from .models import make_noise_scheduler, make_pipeline_scheduler, make_text_encoder, make_unet, make_vae
 from .tokenizer import prepare_tokenizer
+from .names import named_caption, names_by_look, world_names
 from .world import LOOKS, Attrs, caption, render, sample_attrs
 
-STAGES = ("render", "judge", "vae", "latents", "unet", "export")     # an index seeds each stage's draws: keep the order
+STAGES = ("render", "judge", "vae", "latents", "unet", "export", "names")   # an index seeds each stage's draws: keep the order
 
 
 # ----------------------------------------------------------------------------- data
@@ -200,10 +201,14 @@ def min_snr_weight(noise_sched, t, gamma: float) -> torch.Tensor:
     return snr.clamp(max=gamma) / snr
 
 
-def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.0, snr_gamma_steps=None, lr=6e-4):
+def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.0, snr_gamma_steps=None, lr=6e-4,
+               stage="unet", start=None, p_name=0.0, warmup=200):
+    """Text encoder + UNet on the world's latents. stage="names" continues `start` (te, unet) with captions that
+    call objects by their names with probability p_name (see names.py)."""
     _, attrs = load_set(work / "world")
-    te, unet = make_text_encoder(), make_unet()
+    te, unet = start if start is not None else (make_text_encoder(), make_unet())
     modules = {"text_encoder": te, "unet": unet}
+    by_look = names_by_look(world_names(tokenizer)) if p_name else None
     noise_sched = make_noise_scheduler()
     scale = float(lat["scaling_factor"])
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
@@ -211,7 +216,8 @@ def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.
     def step_fn(g, step):
         idx = torch.randint(len(attrs), (32,), generator=g)
         rng = np.random.default_rng(int(torch.randint(2 ** 31, (1,), generator=g)))
-        caps = [caption(attrs[i], rng) for i in idx.tolist()]
+        caps = [named_caption(attrs[i], rng, by_look, p_name) if p_name else caption(attrs[i], rng)
+                for i in idx.tolist()]
         ids = tokenizer(caps, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids
         drop = torch.rand(32, generator=g) < 0.1                      # classifier-free guidance dropout
@@ -235,8 +241,8 @@ def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.
         loss = (mse * min_snr_weight(noise_sched, t, gamma)).mean()
         return {"loss": loss, "mse": mse.mean().detach()}
 
-    ema = train_loop("unet", work, steps, seed, [p for m in modules.values() for p in m.parameters()], modules,
-                     step_fn, lr=lr, ema=ema_init(modules))
+    ema = train_loop(stage, work, steps, seed, [p for m in modules.values() for p in m.parameters()], modules,
+                     step_fn, lr=lr, ema=ema_init(modules), warmup=warmup)
     load_ema(modules, ema)
     return te, unet
 
@@ -294,6 +300,10 @@ def main(argv=None):
     ap.add_argument("--noise-offset", type=float, default=0.1,
                     help="offset noise on the UNet's targets (default 0.1; 0: off)")
     ap.add_argument("--unet-lr", type=float, default=6e-4, help="peak learning rate of text encoder + UNet (default 6e-4)")
+    ap.add_argument("--names-steps", type=int, default=1000,
+                    help="the names stage: continue text encoder + UNet this many steps with named captions (0: skip)")
+    ap.add_argument("--names-lr", type=float, default=2e-4, help="peak learning rate of the names stage (default 2e-4)")
+    ap.add_argument("--p-name", type=float, default=0.5, help="share of the names stage's captions that use a name")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
@@ -310,6 +320,17 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     te, unet = stage_unet(args.work, args.seed, args.unet_steps, lat, tokenizer, args.snr_gamma,
                            args.noise_offset, args.snr_gamma_steps, args.unet_lr)
+    if args.names_steps:        # continues what the unet stage ended with: a changed unet stage starts it afresh
+        start = {"unet_steps": list(args.unet_steps), "snr_gamma": args.snr_gamma, "unet_lr": args.unet_lr,
+                 "snr_gamma_steps": args.snr_gamma_steps, "noise_offset": args.noise_offset}
+        marker = args.work / "names.start.json"
+        if (args.work / "names.ckpt").exists() and (not marker.exists() or json.loads(marker.read_text()) != start):
+            print("[names] the unet stage changed: the names stage starts again")
+            (args.work / "names.ckpt").unlink()
+        write_json(marker, start)
+        torch.manual_seed(args.seed)
+        te, unet = stage_unet(args.work, args.seed, args.names_steps, lat, tokenizer, 0.0, args.noise_offset,
+                              None, args.names_lr, stage="names", start=(te, unet), p_name=args.p_name, warmup=100)
     export(args.out, vae, te, unet, tokenizer, float(lat["scaling_factor"]))
     print(f"pretraining done in {(time.time() - t0) / 60:.1f} min")
 
