@@ -31,7 +31,8 @@ DEFAULTS = {"seeds": [0, 1, 2], "weights": [0.0, 0.25, 1.0], "num_samples": 4, "
 QUICK = {"subjects": ["twotone_ball"], "seeds": [0], "weights": [0.0, 1.0], "steps": 30, "num_samples": 2,
          "class_samples": 4, "num_reg_images": 8}
 IGNORED = ("trainer.progress", "trainer.checkpoint_every", "trainer.resume", "trainer.device", "model.data.num_workers")
-SHOWN = ("subject_attr", "subject_sim", "prompt_attr", "pres_attr", "pres", "div", "div_class")
+SHOWN = ("bind_attr", "bind_scene", "subject_attr", "subject_sim", "prompt_attr", "pres_attr", "class_colors", "pres",
+         "div", "div_class")
 
 
 def shipped_subjects() -> list[str]:
@@ -219,8 +220,8 @@ def ablate(cfg, subjects=None, seeds=None, weights=None, steps=None, work=None, 
                 results.setdefault((subject, variant_name(w)), []).append(r)
                 done += 1
                 m = r["metrics"]
-                print(f"[{done}/{total}] {subject} {variant_name(w)} seed {seed}: subject {m['subject_attr']:.2f} "
-                      f"pres {m['pres_attr']:.2f} div {m['div']:.3f} ({time.time() - t0:.0f} s so far)", flush=True)
+                print(f"[{done}/{total}] {subject} {variant_name(w)} seed {seed}: bind {m['bind_attr']:.2f} "
+                      f"scene {m['bind_scene']:.2f} pres {m['pres_attr']:.2f} colours {m['class_colors']:.2f} ({time.time() - t0:.0f} s so far)", flush=True)
     table = summarise(results)
     seconds = time.time() - t0
     settings = {"subjects": subjects, "seeds": list(seeds), "weights": weights, "steps": steps,

@@ -55,6 +55,9 @@ METRICS = {
     "clip_t": ("prompt fidelity: CLIP text-image cosine (CLIP-T)", "higher"),
     "pres": ("PRES: embedding cosine, bare-class samples vs real subject images", "lower"),
     "pres_attr": ("PRES: share of bare-class samples judged the subject's look", "lower"),
+    "bind_attr": ("binding: share of samples of the instance and scene prompts judged the subject", "higher"),
+    "bind_scene": ("binding: of those judged the subject in a scene prompt, share in the prompt's scene", "higher"),
+    "class_colors": ("colour spread of the bare-class samples (normalised entropy of judged colours)", "higher"),
     "div": ("DIV: mean pairwise (1 - cosine) among samples of one subject prompt", "higher"),
     "div_class": ("DIV of the bare-class samples", "higher"),
     "real_sim": ("reference: embedding cosine among the real images themselves", ""),
@@ -100,11 +103,12 @@ def resize_all(images, size: int) -> list[Image.Image]:
 def score_judge(samples: dict, real: list, ps: PromptSet, judge) -> tuple[dict, dict]:
     """Metrics and a per-prompt breakdown from the judge's embeddings and attribute readings."""
     from .toyworld import judge as J
-    from .toyworld.world import SIZE
+    from .toyworld.quality import normalised_entropy
+    from .toyworld.world import COLORS, SIZE
     real = resize_all(real, SIZE)
     e_real = J.embed(judge, real)
-    per, subj_e, subj_ok, prompt_ok, divs = {}, [], [], [], []
-    for p in ps.subject:
+    per, subj_e, subj_ok, prompt_ok, divs, bind, scene_ok = {}, [], [], [], [], [], []
+    for p, group in zip(ps.subject, ps.groups):
         ims = resize_all(samples[p], SIZE)
         e, seen, want = J.embed(judge, ims), J.predict(judge, ims), prompt_attributes(p)
         is_subj = [float(seen["look"][i] == ps.look and seen["object"][i] == ps.object) for i in range(len(ims))]
@@ -114,6 +118,9 @@ def score_judge(samples: dict, real: list, ps: PromptSet, judge) -> tuple[dict, 
         subj_e.append(e)
         subj_ok += is_subj
         prompt_ok += agree
+        if group in ("instance", "recontext"):
+            bind += is_subj
+            scene_ok += [float(seen["scene"][i] == want["scene"]) for i in range(len(ims)) if is_subj[i] and "scene" in want]
         divs.append(per[p]["div"])
     cls = resize_all(samples[ps.class_prompt], SIZE)
     e_cls, seen = J.embed(judge, cls), J.predict(judge, cls)
@@ -122,8 +129,12 @@ def score_judge(samples: dict, real: list, ps: PromptSet, judge) -> tuple[dict, 
          "prompt_attr": float(np.mean(prompt_ok)), "pres": cross_similarity(e_cls, e_real),
          "pres_attr": float(np.mean(drift)), "div": float(np.mean(divs)),
          "div_class": diversity(e_cls) if len(cls) > 1 else float("nan"),
+         "bind_attr": float(np.mean(bind)) if bind else float("nan"),
+         "bind_scene": float(np.mean(scene_ok)) if scene_ok else float("nan"),
+         "class_colors": normalised_entropy(seen["color"], list(COLORS)),
          "real_sim": self_similarity(e_real) if len(real) > 1 else float("nan")}
     per[ps.class_prompt] = {"pres": m["pres"], "pres_attr": m["pres_attr"], "div": m["div_class"],
+                            "colors": {k: seen["color"].count(k) for k in sorted(set(seen["color"]))},
                             "looks": {k: seen["look"].count(k) for k in sorted(set(seen["look"]))}}
     return m, per
 

@@ -116,3 +116,15 @@ def sample(pipe, prompts: list[str] | str, seeds: list[int] | int = 0, num_infer
                    latents=latents, negative_prompt=negative_prompt and [negative_prompt] * len(gens))
         images += out.images
     return images
+
+
+@torch.no_grad()
+def text_shift(pipe, prompt: str, others: list[str] | str) -> list[float]:
+    """How far each of `others` moves the text encoder's output away from `prompt`'s: relative L2 distance over
+    every token position, |E(other) - E(prompt)| / |E(prompt)|. This is what the UNet's cross-attention reads, so
+    an identifier that moves it as little as no word at all cannot select anything (notebook 02)."""
+    others = [others] if isinstance(others, str) else list(others)
+    ids = pipe.tokenizer([prompt] + others, padding="max_length", truncation=True,
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    emb = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0].float()
+    return [float((e - emb[0]).norm() / emb[0].norm()) for e in emb[1:]]
