@@ -1,7 +1,9 @@
-"""Load a Stable Diffusion pipeline (local folder or hub id) in float32, and sample from it in seeded batches."""
+"""Load a Stable Diffusion pipeline (local folder or hub id) in float32, every weight checked, and sample from it."""
 from __future__ import annotations
 
 import hashlib
+import importlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .fileio import sha256_file
+from .fileio import atomic_path, sha256_file
 
 SCHEDULERS = {"dpm": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
               "euler": "EulerDiscreteScheduler"}
@@ -57,16 +59,88 @@ def model_fingerprint(pretrained: str) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
+# the top-level modules of a CLIP text model; Stable Diffusion's checkpoints (and transformers 4) keep them under
+# text_model., transformers 5 saves them without it and reads both
+CLIP_TEXT_PREFIX, CLIP_TEXT_TOPS = "text_model.", ("embeddings.", "encoder.", "final_layer_norm.")
+
+
+def sd_text_encoder_layout(folder) -> bool:
+    """Rewrite FOLDER/text_encoder/model.safetensors (or FOLDER/model.safetensors) in Stable Diffusion's key layout,
+    every CLIP text weight under text_model., which every supported transformers reads. True if the file changed."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    te = Path(folder) / "text_encoder" if (Path(folder) / "text_encoder").is_dir() else Path(folder)
+    if (te / "model.safetensors.index.json").exists():
+        raise ConfigError(f"{te}: a sharded text encoder; save it as one file (save_pretrained(max_shard_size='10GB'))")
+    file, config = te / "model.safetensors", te / "config.json"
+    if not file.exists() or not config.exists():
+        raise ConfigError(f"{folder}: no text_encoder/model.safetensors with its config.json; give a pipeline folder")
+    if json.loads(config.read_text()).get("model_type") != "clip_text_model":
+        return False                                  # not CLIP: no layout question
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata() or {"format": "pt"}
+        if not any(k.startswith(CLIP_TEXT_TOPS) for k in f.keys()):
+            return False
+    state = {(CLIP_TEXT_PREFIX + k if k.startswith(CLIP_TEXT_TOPS) else k): v for k, v in load_file(str(file)).items()}
+    with atomic_path(file) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return True
+
+
+def _version(library: str) -> tuple[int, ...]:
+    from packaging.version import Version
+    return Version(importlib.import_module(library).__version__).release
+
+
+def _load_checked(pretrained: str, name: str, library: str, class_name: str):
+    """One weight-bearing part of the pipeline; ConfigError if any of its weights is missing, unused or misshapen.
+
+    transformers and diffusers only log such weights (left random) as a warning."""
+    cls = getattr(importlib.import_module(library), class_name)
+    kwargs = {"subfolder": name, "output_loading_info": True}
+    if library == "diffusers" and _version("diffusers") < (0, 33):
+        kwargs["low_cpu_mem_usage"] = False           # before 0.33 only this path reports unused weights
+    log = importlib.import_module(f"{library}.utils.logging")
+    level = log.get_verbosity()
+    log.set_verbosity_error()                         # their multi-line warning about such weights: ours is below
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, info = cls.from_pretrained(str(pretrained), **kwargs)
+    finally:
+        log.set_verbosity(level)
+    missing, unused = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    odd = len(info.get("mismatched_keys") or [])
+    if not (missing or unused or odd):
+        return model
+    here = importlib.import_module(library).__version__
+    saved = getattr(model.config, "transformers_version", None) if library == "transformers" else \
+        dict(model.config).get("_diffusers_version")
+    if library == "transformers" and missing and set(missing) == {CLIP_TEXT_PREFIX + k for k in unused}:
+        todo = (f"it has the key layout of transformers 5, which transformers {here} cannot read: run `dbtutor "
+                f"fix-layout {pretrained}` once (or pip install -U 'transformers>=5')")
+    elif saved and saved != here:
+        todo = f"it was saved by {library} {saved}: load it with that version (pip install '{library}=={saved}')"
+    else:
+        todo = f"the file does not fit {class_name}: replace {name}/ with a complete copy of that part"
+    raise ConfigError(f"{pretrained}: {name} would load with random weights ({len(missing)} missing, {len(unused)} in "
+                      f"the file unused, {odd} of the wrong shape, e.g. {(missing + unused + ['?'])[0]}); {todo}")
+
+
 def load_pipeline(pretrained: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """StableDiffusionPipeline.from_pretrained, every component cast to `dtype` (float32 by default), no safety checker.
 
-    transformers keeps a text encoder stored in fp16 in fp16; a float32 UNet on a CPU then fails, so we cast."""
+    The UNet, VAE and text encoder are loaded first, each refused in one line (ConfigError) if any of its weights
+    would be left random. transformers keeps a text encoder stored in fp16 in fp16; a float32 UNet on a CPU then
+    fails, so we cast."""
     from diffusers import StableDiffusionPipeline
     check_pretrained(pretrained)
+    index = StableDiffusionPipeline.load_config(str(pretrained))
+    parts = {name: _load_checked(pretrained, name, *index[name]) for name in ("unet", "vae", "text_encoder")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe = StableDiffusionPipeline.from_pretrained(str(pretrained), safety_checker=None, feature_extractor=None,
-                                                       requires_safety_checker=False, torch_dtype=dtype)
+                                                       requires_safety_checker=False, torch_dtype=dtype, **parts)
     for name in ("unet", "vae", "text_encoder"):
         module = getattr(pipe, name)
         if next(module.parameters()).dtype != dtype:
@@ -116,3 +190,4 @@ def sample(pipe, prompts: list[str] | str, seeds: list[int] | int = 0, num_infer
                    latents=latents, negative_prompt=negative_prompt and [negative_prompt] * len(gens))
         images += out.images
     return images
+

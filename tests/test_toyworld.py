@@ -74,6 +74,7 @@ def test_shipped_tokenizer_files_are_rebuilt_identically(tmp_path):
 
 def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
     from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
     from dbtutor.toyworld import pretrain
     args = ["--out", str(tmp_path / "models"), "--work", str(tmp_path / "work"), "--n-images", "300",
             "--vae-steps", "3", "--vae-full-steps", "1"]
@@ -84,6 +85,8 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
     log = (tmp_path / "work" / "log.txt").read_text()
     assert "unet step 4/4" in log and "vae step 3/3" in log and log.count("vae step 3/3") == 1
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "models" / "toyworld")
+    te = load_file(tmp_path / "models" / "toyworld" / "text_encoder" / "model.safetensors")
+    assert te and all(k.startswith("text_model.") for k in te)          # SD's layout, which every transformers reads
     assert all(next(getattr(pipe, n).parameters()).dtype == torch.float32 for n in ("unet", "vae", "text_encoder"))
     images = pipe("a photo of a red ball", num_inference_steps=2).images
     assert images[0].size == (64, 64)
@@ -91,7 +94,6 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
 
     # one command with warm-restart ends (2,4) reproduces "2 steps, then extended to 4" exactly
     import shutil
-    from safetensors.torch import load_file
     shutil.copytree(tmp_path / "work", tmp_path / "work2", ignore=shutil.ignore_patterns("unet.ckpt", "log.txt"))
     pretrain.main(["--out", str(tmp_path / "models2"), "--work", str(tmp_path / "work2")] + args[4:]
                   + ["--unet-steps", "2,4"])
