@@ -1,0 +1,35 @@
+"""The declared dependency ranges: .ci/lowest-constraints.txt pins the lower bound of each, and CI's second test run
+has exactly those versions installed."""
+import importlib.metadata
+import os
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from conftest import ROOT
+
+tomllib = pytest.importorskip("tomllib")            # Python >= 3.11
+CONSTRAINTS = ROOT / ".ci" / "lowest-constraints.txt"
+NOT_AT_LOWER_BOUND = {"torch": "2.13.0"}            # the only CPU build on this project's machines
+
+
+def pins() -> dict[str, str]:
+    lines = (line.split("#")[0].strip() for line in CONSTRAINTS.read_text().splitlines())
+    return dict(line.lower().split("==") for line in lines if line)
+
+
+def test_the_lowest_constraints_pin_the_lower_bound_of_every_dependency():
+    lower = {}
+    for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(dep)
+        bound = [s.version for s in req.specifier if s.operator == ">="]
+        assert len(bound) == 1, f"pyproject.toml: {dep} needs one lower bound (>=)"
+        lower[req.name.lower()] = bound[0]
+    assert pins() == {**lower, **NOT_AT_LOWER_BOUND}
+
+
+@pytest.mark.skipif(not os.environ.get("DBTUTOR_LOWEST"), reason="CI's run with the lowest versions sets DBTUTOR_LOWEST")
+def test_the_lowest_versions_are_installed():
+    installed = {name: importlib.metadata.version(name) for name in pins()}
+    assert {n: Version(v).release for n, v in installed.items()} == {n: Version(v).release for n, v in pins().items()}
