@@ -81,9 +81,10 @@ def cmd_ablate(args, cfg):
 
 
 def cmd_fix_layout(args, cfg):
-    from .pipeline import sd_text_encoder_layout
-    changed = sd_text_encoder_layout(args.folder)
-    print(f"{args.folder}: text encoder {'rewritten in' if changed else 'already in'} Stable Diffusion's key layout")
+    from .pipeline import sd_layout
+    changed = sd_layout(args.folder)
+    print(f"{args.folder}: " + (f"{' and '.join(changed)} rewritten in" if changed else "already in")
+          + " Stable Diffusion's layout, which every supported transformers reads")
 
 
 COMMANDS = {"train": cmd_train, "generate-reg": cmd_generate_reg, "cache": cmd_cache, "sample": cmd_sample,
@@ -118,8 +119,8 @@ def build_parser():
                         ("eval", "measure subject fidelity, prompt fidelity, PRES and DIV of the trained model"),
                         ("ablate", "the paper's prior-preservation ablation: train and evaluate with/without, "
                                    "over prior_loss_weight, subjects and seeds"),
-                        ("fix-layout", "rewrite a pipeline folder's text encoder in Stable Diffusion's key layout "
-                                       "(transformers 5 saves another, which transformers 4 cannot read)")]:
+                        ("fix-layout", "rewrite a pipeline folder saved by transformers 5 in Stable Diffusion's "
+                                       "layout, which transformers 4 reads too (text encoder keys, tokenizer files)")]:
         p = sub.add_parser(name, help=help_)
         if name == "fix-layout":
             p.add_argument("folder", type=Path, help="a diffusers pipeline folder, e.g. data/models/toyworld")

@@ -62,21 +62,28 @@ def model_fingerprint(pretrained: str) -> str:
 # the top-level modules of a CLIP text model; Stable Diffusion's checkpoints (and transformers 4) keep them under
 # text_model., transformers 5 saves them without it and reads both
 CLIP_TEXT_PREFIX, CLIP_TEXT_TOPS = "text_model.", ("embeddings.", "encoder.", "final_layer_norm.")
+SLOW_TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 
-def sd_text_encoder_layout(folder) -> bool:
-    """Rewrite FOLDER/text_encoder/model.safetensors (or FOLDER/model.safetensors) in Stable Diffusion's key layout,
-    every CLIP text weight under text_model., which every supported transformers reads. True if the file changed."""
+def sd_layout(folder) -> list[str]:
+    """Make a pipeline folder that transformers 5 saved readable by every supported transformers, as Stable
+    Diffusion's own folders are: the text encoder's keys under text_model., and vocab.json + merges.txt beside
+    tokenizer.json (transformers 4's CLIPTokenizer reads only those). Returns the parts it rewrote."""
+    folder = Path(folder)
+    if not (folder / "model_index.json").exists():
+        raise ConfigError(f"{folder}: no model_index.json; give a diffusers Stable Diffusion pipeline folder")
+    return [name for name, fix in (("text_encoder", _text_encoder_keys), ("tokenizer", _tokenizer_files))
+            if (folder / name).is_dir() and fix(folder / name)]
+
+
+def _text_encoder_keys(te: Path) -> bool:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
-    te = Path(folder) / "text_encoder" if (Path(folder) / "text_encoder").is_dir() else Path(folder)
     if (te / "model.safetensors.index.json").exists():
         raise ConfigError(f"{te}: a sharded text encoder; save it as one file (save_pretrained(max_shard_size='10GB'))")
     file, config = te / "model.safetensors", te / "config.json"
-    if not file.exists() or not config.exists():
-        raise ConfigError(f"{folder}: no text_encoder/model.safetensors with its config.json; give a pipeline folder")
-    if json.loads(config.read_text()).get("model_type") != "clip_text_model":
-        return False                                  # not CLIP: no layout question
+    if not file.exists() or json.loads(config.read_text()).get("model_type") != "clip_text_model":
+        return False                                  # .bin only, or not CLIP: nothing to rename
     with safe_open(str(file), framework="pt") as f:
         meta = f.metadata() or {"format": "pt"}
         if not any(k.startswith(CLIP_TEXT_TOPS) for k in f.keys()):
@@ -85,6 +92,31 @@ def sd_text_encoder_layout(folder) -> bool:
     with atomic_path(file) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return True
+
+
+def _tokenizer_files(tok: Path) -> bool:
+    """vocab.json and merges.txt from tokenizer.json's BPE model, byte for byte as CLIP's own files."""
+    if not (tok / "tokenizer.json").exists() or all((tok / n).exists() for n in SLOW_TOKENIZER_FILES):
+        return False
+    bpe = json.loads((tok / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    if bpe.get("type") != "BPE":
+        return False
+    merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
+    with atomic_path(tok / "vocab.json") as tmp:
+        tmp.write_text(json.dumps(bpe["vocab"], ensure_ascii=False), encoding="utf-8")
+    with atomic_path(tok / "merges.txt") as tmp:
+        tmp.write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
+    return True
+
+
+def _check_tokenizer(pretrained: str, index: dict) -> None:
+    """transformers 4's CLIPTokenizer cannot read a tokenizer folder saved by transformers 5 (tokenizer.json only)."""
+    tok = Path(str(pretrained)) / "tokenizer"
+    if int(_version("transformers")[0]) < 5 and index.get("tokenizer", [None])[-1] == "CLIPTokenizer" \
+            and (tok / "tokenizer.json").exists() and not all((tok / n).exists() for n in SLOW_TOKENIZER_FILES):
+        raise ConfigError(f"{pretrained}: tokenizer/ holds only tokenizer.json (saved by transformers 5), which "
+                          f"transformers 4's CLIPTokenizer cannot read: run `dbtutor fix-layout {pretrained}` once "
+                          "(or pip install -U 'transformers>=5')")
 
 
 def _version(library: str) -> tuple[int, ...]:
@@ -136,6 +168,7 @@ def load_pipeline(pretrained: str, device: str | torch.device = "cpu", dtype: to
     from diffusers import StableDiffusionPipeline
     check_pretrained(pretrained)
     index = StableDiffusionPipeline.load_config(str(pretrained))
+    _check_tokenizer(pretrained, index)
     parts = {name: _load_checked(pretrained, name, *index[name]) for name in ("unet", "vae", "text_encoder")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

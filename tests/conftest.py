@@ -42,10 +42,10 @@ def make_tiny_pipeline(seed: int = 0, prediction_type: str = "epsilon"):
 def tiny_pipeline_dir(tmp_path_factory) -> Path:
     """Folder of a saved tiny pipeline (epsilon prediction), its text encoder in Stable Diffusion's key layout as
     every pipeline dbtutor saves (and as SD's own checkpoints)."""
-    from dbtutor.pipeline import sd_text_encoder_layout
+    from dbtutor.pipeline import sd_layout
     path = tmp_path_factory.mktemp("tiny_sd")
     make_tiny_pipeline().save_pretrained(path, safe_serialization=True)
-    sd_text_encoder_layout(path)
+    sd_layout(path)
     return path
 
 

@@ -87,6 +87,8 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "models" / "toyworld")
     te = load_file(tmp_path / "models" / "toyworld" / "text_encoder" / "model.safetensors")
     assert te and all(k.startswith("text_model.") for k in te)          # SD's layout, which every transformers reads
+    for name in ("vocab.json", "merges.txt", "LICENSE-open_clip.txt"):
+        assert (tmp_path / "models" / "toyworld" / "tokenizer" / name).read_bytes() == (TOKENIZER / name).read_bytes()
     assert all(next(getattr(pipe, n).parameters()).dtype == torch.float32 for n in ("unet", "vae", "text_encoder"))
     images = pipe("a photo of a red ball", num_inference_steps=2).images
     assert images[0].size == (64, 64)
