@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import ConfigError, DataError, DBTutorError, TrainingError
 from .fileio import fault_point, fsync_dir, fsync_tree, load_torch, save_torch, write_json, write_text
+from .pipeline import sd_layout
 
 CKPT = "checkpoints"
 KEEP = 2
@@ -178,6 +179,7 @@ def save_pipeline(pipe, cfg, out, history):
     save_lora(pipe, cfg, new)           # LoRA: the adapters alone, for base + load_lora_weights(out) ...
     fuse_lora(pipe)                     # ... and the pipeline with them merged in, for from_pretrained(out)
     pipe.save_pretrained(new, safe_serialization=True)
+    sd_layout(new)                      # as SD's folders, which transformers 4 reads too (5 saves another)
     write_json(new / "history.json", history)
     write_text(new / "dreambooth.yaml", OmegaConf.to_yaml(cfg))
     fsync_tree(new)

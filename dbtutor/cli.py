@@ -1,4 +1,4 @@
-"""The `dbtutor` command line: train, generate-reg, cache, sample, eval, ablate; each takes --config FILE and key=value overrides."""
+"""The `dbtutor` command line: train, generate-reg, cache, sample, eval, ablate (--config FILE, key=value overrides), fix-layout."""
 from __future__ import annotations
 
 import argparse
@@ -80,8 +80,15 @@ def cmd_ablate(args, cfg):
            num_reg_images=args.num_reg_images, quick=args.quick, keep_models=args.keep_models)
 
 
+def cmd_fix_layout(args, cfg):
+    from .pipeline import sd_layout
+    changed = sd_layout(args.folder)
+    print(f"{args.folder}: " + (f"{' and '.join(changed)} rewritten in" if changed else "already in")
+          + " Stable Diffusion's layout, which every supported transformers reads")
+
+
 COMMANDS = {"train": cmd_train, "generate-reg": cmd_generate_reg, "cache": cmd_cache, "sample": cmd_sample,
-            "eval": cmd_eval, "ablate": cmd_ablate}
+            "eval": cmd_eval, "ablate": cmd_ablate, "fix-layout": cmd_fix_layout}
 
 
 def launch_commands(args: list[str], gpus: int = 8, machines: int = 2, main_ip: str = "10.0.0.1",
@@ -111,8 +118,13 @@ def build_parser():
                         ("sample", "generate a grid of images from the trained (or base) model"),
                         ("eval", "measure subject fidelity, prompt fidelity, PRES and DIV of the trained model"),
                         ("ablate", "the paper's prior-preservation ablation: train and evaluate with/without, "
-                                   "over prior_loss_weight, subjects and seeds")]:
+                                   "over prior_loss_weight, subjects and seeds"),
+                        ("fix-layout", "rewrite a pipeline folder saved by transformers 5 in Stable Diffusion's "
+                                       "layout, which transformers 4 reads too (text encoder keys, tokenizer files)")]:
         p = sub.add_parser(name, help=help_)
+        if name == "fix-layout":
+            p.add_argument("folder", type=Path, help="a diffusers pipeline folder, e.g. data/models/toyworld")
+            continue
         _common(p)
         if name == "sample":
             p.add_argument("--prompt", action="append", help="a prompt (repeatable); default: the instance prompt")
@@ -167,7 +179,7 @@ def main(argv=None):
         _quiet(args.command)
     try:
         from .config import load_config
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides) if hasattr(args, "overrides") else None
         COMMANDS[args.command](args, cfg)
     except DBTutorError as e:
         print(f"dbtutor: error: {e}", file=sys.stderr)

@@ -4,9 +4,9 @@ model.lora.rank = 0 is full fine-tuning. With rank r > 0 the base weights stay f
 gets a trainable low-rank update (alpha / r) * B @ A, with A (r x in) and B (out x r); B starts at zero, so
 training starts from the base model exactly. What is written at the end (see checkpoint.save_pipeline):
 
-- output_dir/pytorch_lora_weights.safetensors: the adapters alone, in the stock diffusers format (with their
-  LoraConfig as metadata, so alpha != rank loads right). Stock use: load the BASE model, then
-  `pipe.load_lora_weights(output_dir)`.
+- output_dir/pytorch_lora_weights.safetensors: the adapters alone, in the stock diffusers format, with the scale
+  alpha / r folded into B: every diffusers version reads a file without metadata as alpha = r, so alpha != rank
+  loads right in all of them. Stock use: load the BASE model, then `pipe.load_lora_weights(output_dir)`.
 - output_dir/{unet,text_encoder,...}: the base pipeline with the adapters fused (merged) into its weights, so
   `StableDiffusionPipeline.from_pretrained(output_dir)` (and `dbtutor sample`) gives the trained model directly.
   Do not also call load_lora_weights(output_dir) on that pipeline: the update would be applied twice.
@@ -83,22 +83,29 @@ def load_adapter_state(module, state: dict, source: str):
     module.load_state_dict(state, strict=False)
 
 
+def _folded(module) -> dict:
+    """The module's adapters in diffusers' names, each B scaled by alpha / r, to be read with alpha = r."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+    config = module.peft_config["default"]
+    scale = config.lora_alpha / config.r
+    state = {k: v * scale if "lora_B" in k else v for k, v in get_peft_model_state_dict(module).items()}
+    return convert_state_dict_to_diffusers(state)
+
+
 def save_lora(pipe, cfg, folder):
-    """Write pytorch_lora_weights.safetensors, which stock diffusers loads with pipe.load_lora_weights(folder)."""
+    """Write pytorch_lora_weights.safetensors, which stock diffusers loads with pipe.load_lora_weights(folder).
+
+    No LoraConfig metadata (diffusers 0.30 can neither write nor read it): alpha / r is in the weights."""
     if not cfg.model.lora.rank:
         return
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-    kwargs = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
-              "unet_lora_adapter_metadata": pipe.unet.peft_config["default"].to_dict()}
+    kwargs = {"unet_lora_layers": _folded(pipe.unet)}
     if cfg.model.train_text_encoder:
-        te = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder))
         # CLIP's modules sit under text_model. in transformers 4 and at the top in 5; diffusers strips the prefix
         # when the model has none, so files written with it load into both
         kwargs["text_encoder_lora_layers"] = {k if k.startswith("text_model.") else f"text_model.{k}": v
-                                              for k, v in te.items()}
-        kwargs["text_encoder_lora_adapter_metadata"] = pipe.text_encoder.peft_config["default"].to_dict()
+                                              for k, v in _folded(pipe.text_encoder).items()}
     StableDiffusionPipeline.save_lora_weights(folder, weight_name=WEIGHT_NAME, safe_serialization=True, **kwargs)
 
 
@@ -107,7 +114,8 @@ def load_lora(pipe, folder):
 
     Where transformers refuses the installed peft for the text encoder (see the module docstring), stock diffusers
     has loaded the UNet half already when it raises; the text-encoder half is then loaded with peft directly, with
-    the rank and alpha stored in the file."""
+    the rank and alpha of the file's metadata where an older dbtutor wrote them (else alpha = r)."""
+    import inspect
     try:
         pipe.load_lora_weights(folder, weight_name=WEIGHT_NAME)
         return pipe
@@ -116,12 +124,14 @@ def load_lora(pipe, folder):
             raise
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
     from peft import LoraConfig, set_peft_model_state_dict
-    state, _, meta = pipe.lora_state_dict(folder, weight_name=WEIGHT_NAME, return_lora_metadata=True)
+    ask = "return_lora_metadata" in inspect.signature(pipe.lora_state_dict).parameters   # not in diffusers 0.30
+    got = pipe.lora_state_dict(folder, weight_name=WEIGHT_NAME, **({"return_lora_metadata": True} if ask else {}))
+    state, meta = got[0], (got[2] if len(got) > 2 else None) or {}
     te = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
     te = convert_state_dict_to_peft(convert_state_dict_to_diffusers(te))
     if not hasattr(pipe.text_encoder, "text_model"):
         te = {k.removeprefix("text_model."): v for k, v in te.items()}
-    meta = {k.removeprefix("text_encoder."): v for k, v in (meta or {}).items() if k.startswith("text_encoder.")}
+    meta = {k.removeprefix("text_encoder."): v for k, v in meta.items() if k.startswith("text_encoder.")}
     r = next(v.shape[0] for k, v in te.items() if "lora_A" in k)
     _inject(pipe.text_encoder, LoraConfig(r=meta.get("r", r), lora_alpha=meta.get("lora_alpha", r),
                                           target_modules=meta.get("target_modules", TEXT_TARGETS)))

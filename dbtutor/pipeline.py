@@ -1,7 +1,9 @@
-"""Load a Stable Diffusion pipeline (local folder or hub id) in float32, and sample from it in seeded batches."""
+"""Load a Stable Diffusion pipeline (local folder or hub id) in float32, every weight checked, and sample from it."""
 from __future__ import annotations
 
 import hashlib
+import importlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .fileio import sha256_file
+from .fileio import atomic_path, sha256_file
 
 SCHEDULERS = {"dpm": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
               "euler": "EulerDiscreteScheduler"}
@@ -57,16 +59,121 @@ def model_fingerprint(pretrained: str) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
+# the top-level modules of a CLIP text model; Stable Diffusion's checkpoints (and transformers 4) keep them under
+# text_model., transformers 5 saves them without it and reads both
+CLIP_TEXT_PREFIX, CLIP_TEXT_TOPS = "text_model.", ("embeddings.", "encoder.", "final_layer_norm.")
+SLOW_TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+def sd_layout(folder) -> list[str]:
+    """Make a pipeline folder that transformers 5 saved readable by every supported transformers, as Stable
+    Diffusion's own folders are: the text encoder's keys under text_model., and vocab.json + merges.txt beside
+    tokenizer.json (transformers 4's CLIPTokenizer reads only those). Returns the parts it rewrote."""
+    folder = Path(folder)
+    if not (folder / "model_index.json").exists():
+        raise ConfigError(f"{folder}: no model_index.json; give a diffusers Stable Diffusion pipeline folder")
+    return [name for name, fix in (("text_encoder", _text_encoder_keys), ("tokenizer", _tokenizer_files))
+            if (folder / name).is_dir() and fix(folder / name)]
+
+
+def _text_encoder_keys(te: Path) -> bool:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    if (te / "model.safetensors.index.json").exists():
+        raise ConfigError(f"{te}: a sharded text encoder; save it as one file (save_pretrained(max_shard_size='10GB'))")
+    file, config = te / "model.safetensors", te / "config.json"
+    if not file.exists() or json.loads(config.read_text()).get("model_type") != "clip_text_model":
+        return False                                  # .bin only, or not CLIP: nothing to rename
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata() or {"format": "pt"}
+        if not any(k.startswith(CLIP_TEXT_TOPS) for k in f.keys()):
+            return False
+    state = {(CLIP_TEXT_PREFIX + k if k.startswith(CLIP_TEXT_TOPS) else k): v for k, v in load_file(str(file)).items()}
+    with atomic_path(file) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return True
+
+
+def _tokenizer_files(tok: Path) -> bool:
+    """vocab.json and merges.txt from tokenizer.json's BPE model, byte for byte as CLIP's own files."""
+    if not (tok / "tokenizer.json").exists() or all((tok / n).exists() for n in SLOW_TOKENIZER_FILES):
+        return False
+    bpe = json.loads((tok / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    if bpe.get("type") != "BPE":
+        return False
+    merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
+    with atomic_path(tok / "vocab.json") as tmp:
+        tmp.write_text(json.dumps(bpe["vocab"], ensure_ascii=False), encoding="utf-8")
+    with atomic_path(tok / "merges.txt") as tmp:
+        tmp.write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
+    return True
+
+
+def _check_tokenizer(pretrained: str, index: dict) -> None:
+    """transformers 4's CLIPTokenizer cannot read a tokenizer folder saved by transformers 5 (tokenizer.json only)."""
+    tok = Path(str(pretrained)) / "tokenizer"
+    if int(_version("transformers")[0]) < 5 and index.get("tokenizer", [None])[-1] == "CLIPTokenizer" \
+            and (tok / "tokenizer.json").exists() and not all((tok / n).exists() for n in SLOW_TOKENIZER_FILES):
+        raise ConfigError(f"{pretrained}: tokenizer/ holds only tokenizer.json (saved by transformers 5), which "
+                          f"transformers 4's CLIPTokenizer cannot read: run `dbtutor fix-layout {pretrained}` once "
+                          "(or pip install -U 'transformers>=5')")
+
+
+def _version(library: str) -> tuple[int, ...]:
+    from packaging.version import Version
+    return Version(importlib.import_module(library).__version__).release
+
+
+def _load_checked(pretrained: str, name: str, library: str, class_name: str):
+    """One weight-bearing part of the pipeline; ConfigError if any of its weights is missing, unused or misshapen.
+
+    transformers and diffusers only log such weights (left random) as a warning."""
+    cls = getattr(importlib.import_module(library), class_name)
+    kwargs = {"subfolder": name, "output_loading_info": True}
+    if library == "diffusers" and _version("diffusers") < (0, 33):
+        kwargs["low_cpu_mem_usage"] = False           # before 0.33 only this path reports unused weights
+    log = importlib.import_module(f"{library}.utils.logging")
+    level = log.get_verbosity()
+    log.set_verbosity_error()                         # their multi-line warning about such weights: ours is below
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, info = cls.from_pretrained(str(pretrained), **kwargs)
+    finally:
+        log.set_verbosity(level)
+    missing, unused = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    odd = len(info.get("mismatched_keys") or [])
+    if not (missing or unused or odd):
+        return model
+    here = importlib.import_module(library).__version__
+    saved = getattr(model.config, "transformers_version", None) if library == "transformers" else \
+        dict(model.config).get("_diffusers_version")
+    if library == "transformers" and missing and set(missing) == {CLIP_TEXT_PREFIX + k for k in unused}:
+        todo = (f"it has the key layout of transformers 5, which transformers {here} cannot read: run `dbtutor "
+                f"fix-layout {pretrained}` once (or pip install -U 'transformers>=5')")
+    elif saved and saved != here:
+        todo = f"it was saved by {library} {saved}: load it with that version (pip install '{library}=={saved}')"
+    else:
+        todo = f"the file does not fit {class_name}: replace {name}/ with a complete copy of that part"
+    raise ConfigError(f"{pretrained}: {name} would load with random weights ({len(missing)} missing, {len(unused)} in "
+                      f"the file unused, {odd} of the wrong shape, e.g. {(missing + unused + ['?'])[0]}); {todo}")
+
+
 def load_pipeline(pretrained: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """StableDiffusionPipeline.from_pretrained, every component cast to `dtype` (float32 by default), no safety checker.
 
-    transformers keeps a text encoder stored in fp16 in fp16; a float32 UNet on a CPU then fails, so we cast."""
+    The UNet, VAE and text encoder are loaded first, each refused in one line (ConfigError) if any of its weights
+    would be left random. transformers keeps a text encoder stored in fp16 in fp16; a float32 UNet on a CPU then
+    fails, so we cast."""
     from diffusers import StableDiffusionPipeline
     check_pretrained(pretrained)
+    index = StableDiffusionPipeline.load_config(str(pretrained))
+    _check_tokenizer(pretrained, index)
+    parts = {name: _load_checked(pretrained, name, *index[name]) for name in ("unet", "vae", "text_encoder")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe = StableDiffusionPipeline.from_pretrained(str(pretrained), safety_checker=None, feature_extractor=None,
-                                                       requires_safety_checker=False, torch_dtype=dtype)
+                                                       requires_safety_checker=False, torch_dtype=dtype, **parts)
     for name in ("unet", "vae", "text_encoder"):
         module = getattr(pipe, name)
         if next(module.parameters()).dtype != dtype:

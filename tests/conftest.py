@@ -40,9 +40,12 @@ def make_tiny_pipeline(seed: int = 0, prediction_type: str = "epsilon"):
 
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory) -> Path:
-    """Folder of a saved tiny pipeline (epsilon prediction)."""
+    """Folder of a saved tiny pipeline (epsilon prediction), its text encoder in Stable Diffusion's key layout as
+    every pipeline dbtutor saves (and as SD's own checkpoints)."""
+    from dbtutor.pipeline import sd_layout
     path = tmp_path_factory.mktemp("tiny_sd")
     make_tiny_pipeline().save_pretrained(path, safe_serialization=True)
+    sd_layout(path)
     return path
 
 

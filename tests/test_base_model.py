@@ -31,6 +31,15 @@ def test_weights_are_small_safetensors():
     assert sum(p.stat().st_size for p in weights) < 80e6
 
 
+def test_text_encoder_keys_are_in_stable_diffusions_layout_which_every_supported_transformers_reads():
+    """transformers 5 saves a CLIP text encoder's keys without text_model.; transformers 4 reads only SD's layout."""
+    from safetensors import safe_open
+    with safe_open(str(MODEL / "text_encoder" / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("text_model.") for k in keys), \
+        "run `dbtutor fix-layout data/models/toyworld`"
+
+
 PROMPTS = [("red", "ball"), ("blue", "box"), ("yellow", "star"), ("green", "heart")]
 
 

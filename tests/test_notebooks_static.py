@@ -89,6 +89,25 @@ def test_code_cells_parse(path):
                 pytest.fail(f"{path.name} cell {i}: {e}")
 
 
+def test_colab_install_cell_keeps_the_preinstalled_torch(monkeypatch):
+    """In Colab the cell installs dbtutor with the torch already there pinned: pip never swaps it for another build."""
+    import importlib.metadata
+    import subprocess
+    import sys
+    import types
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    colab = types.ModuleType("google.colab")
+    colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: None)
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    exec(text(load(NOTEBOOKS[0])["cells"][2]), {})
+    pip = [c for c in calls if c[1:4] == ["-m", "pip", "install"]]
+    assert len(pip) == 1 and "/content/dbtutor" in pip[0]
+    assert f"torch=={importlib.metadata.version('torch')}" in pip[0]
+
+
 def test_generator_writes_the_committed_notebooks_byte_for_byte():
     rendered = build_script().render_all()
     assert sorted(rendered) == [p.name for p in NOTEBOOKS], "notebooks/ and tools/build_notebooks.py list different files"

@@ -74,6 +74,7 @@ def test_shipped_tokenizer_files_are_rebuilt_identically(tmp_path):
 
 def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
     from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
     from dbtutor.toyworld import pretrain
     args = ["--out", str(tmp_path / "models"), "--work", str(tmp_path / "work"), "--n-images", "300",
             "--vae-steps", "3", "--vae-full-steps", "1", "--names-steps", "2"]
@@ -89,6 +90,10 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
     assert "starts again" not in capsys.readouterr().out
     assert (tmp_path / "work" / "log.txt").read_text().count("names step 2/2") == 2
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "models" / "toyworld")
+    te = load_file(tmp_path / "models" / "toyworld" / "text_encoder" / "model.safetensors")
+    assert te and all(k.startswith("text_model.") for k in te)          # SD's layout, which every transformers reads
+    for name in ("vocab.json", "merges.txt", "LICENSE-open_clip.txt"):
+        assert (tmp_path / "models" / "toyworld" / "tokenizer" / name).read_bytes() == (TOKENIZER / name).read_bytes()
     assert all(next(getattr(pipe, n).parameters()).dtype == torch.float32 for n in ("unet", "vae", "text_encoder"))
     images = pipe("a photo of a red ball", num_inference_steps=2).images
     assert images[0].size == (64, 64)
@@ -96,7 +101,6 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
 
     # one command with warm-restart ends (2,4) reproduces "2 steps, then extended to 4" exactly
     import shutil
-    from safetensors.torch import load_file
     shutil.copytree(tmp_path / "work", tmp_path / "work2", ignore=shutil.ignore_patterns("unet.ckpt", "log.txt"))
     pretrain.main(["--out", str(tmp_path / "models2"), "--work", str(tmp_path / "work2")] + args[4:]
                   + ["--unet-steps", "2,4"])

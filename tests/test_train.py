@@ -40,6 +40,7 @@ def test_text_encoder_changes_iff_trained(tiny_config, tiny_pipeline_dir, tmp_pa
     out = dbtutor.train(cfg).output_dir
     before = load_file(str(tiny_pipeline_dir / "text_encoder" / "model.safetensors"))
     after = load_file(str(out / "text_encoder" / "model.safetensors"))
+    assert after.keys() == before.keys() and all(k.startswith("text_model.") for k in after)   # SD's layout
     changed = any(not torch.equal(before[k], after[k]) for k in before)
     assert changed == train_te
     unet_before = load_file(str(tiny_pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors"))

@@ -63,13 +63,15 @@ INSTALL = '''
 import sys
 
 if "google.colab" in sys.modules:
+    import importlib.metadata
     import os
     import subprocess
 
     if not os.path.isdir("/content/dbtutor"):
         subprocess.run(["git", "clone", "--depth", "1", "https://github.com/dbtutor/dbtutor", "/content/dbtutor"],
                        check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/dbtutor"], check=True)
+    keep = f"torch=={importlib.metadata.version('torch')}"   # Colab's own CUDA torch: never a multi-GB reinstall
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/dbtutor", keep], check=True)
     sys.path.insert(0, "/content/dbtutor")      # the running kernel sees the package without a restart
     from google.colab import output
     output.enable_custom_widget_manager()        # ipywidgets 8 in Colab

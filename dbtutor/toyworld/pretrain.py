@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..fileio import atomic_path, load_torch, save_torch, write_json
+from ..pipeline import sd_layout
 from . import judge as J
 from .models import make_noise_scheduler, make_pipeline_scheduler, make_text_encoder, make_unet, make_vae
 from .tokenizer import prepare_tokenizer
@@ -255,8 +256,8 @@ def export(out, vae, te, unet, tokenizer, scale):
                                    requires_safety_checker=False)
     tmp = out / ".toyworld.tmp"
     pipe.save_pretrained(tmp, safe_serialization=True)
-    for name in ("vocab.json", "merges.txt", "LICENSE-open_clip.txt"):   # slow-tokenizer files, for any transformers
-        shutil.copy(Path(tokenizer.name_or_path) / name, tmp / "tokenizer" / name)
+    sd_layout(tmp)      # SD's layout (text encoder keys, vocab.json + merges.txt), read by transformers 4 and 5
+    shutil.copy(Path(tokenizer.name_or_path) / "LICENSE-open_clip.txt", tmp / "tokenizer" / "LICENSE-open_clip.txt")
     (tmp / "README.md").write_text(MODEL_CARD)
     final = out / "toyworld"
     if final.exists():
