@@ -317,7 +317,8 @@ def nb02() -> Notebook:
         ["what the instance data is and how an image is prepared for training (resize, crop, scale to [-1, 1])",
          "why the prompt pairs a **rare token** with the **class noun**, and how the tokenizer splits candidate "
          "identifiers",
-         "that the base model does not know the identifier yet",
+         "whether the text encoder *reads* the identifier: how far it moves the output, next to a colour word, "
+         "before and after DreamBooth",
          "how a training batch is laid out: instance examples first, class examples second"],
         """
         # this notebook: identifiers to try (a good one is a single, rarely used token)
@@ -391,23 +392,50 @@ def nb02() -> Notebook:
     """)
     nb.md("""
     (`</w>` marks the end of a word.) Single tokens are not all equally good: `red` and `ball` are single tokens
-    too, but frequent ones. For the toy model, `sks` never appears in its training captions, so it means nothing
-    yet: "a photo of sks ball" should look just like "a photo of a ball". Same seeds, both prompts:
+    too, but frequent ones.
+
+    A rare token is only useful if the text encoder **reads** it: the UNet sees the prompt only through the text
+    encoder's output, so a word that leaves that output where it was cannot select anything, however long we
+    train. Stable Diffusion's CLIP has read rare words and names on the web ("a photo of a fiat car"), so it
+    passes them on. The toy model's captions are mostly attribute words ("a photo of a red striped ball"), but
+    some call an object by a rare **name** that stands for one fixed colour and pattern ("a photo of quan ball"),
+    as web captions call things by brand and proper names (`dbtutor/toyworld/names.py`; `sks` and `ohwx` are never
+    names). How far does a word move the output? By hand, the relative distance between the two prompts'
+    text-encoder outputs over every token position, then `dbtutor.text_shift`, which does the same:
     """)
     nb.code("""
+    from dbtutor.toyworld.names import world_names
     from dbtutor.widgets import sample_rows
 
     pipe = dbtutor.load_pipeline(PRETRAINED, device=DEVICE, dtype=DTYPE)
+    NAME, (name_colour, name_pattern) = sorted(world_names(pipe.tokenizer).items())[0]
+    SHIFT_PROMPTS = {"the identifier": INSTANCE_PROMPT, "a colour word": f"a photo of a red {CLASS_NOUN}",
+                     f"a name ({NAME} = {name_colour} {name_pattern})": f"a photo of {NAME} {CLASS_NOUN}"}
+
+    ids = pipe.tokenizer([CLASS_PROMPT, INSTANCE_PROMPT], padding="max_length", truncation=True,
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids.to(DEVICE)
+    with torch.no_grad():
+        out = pipe.text_encoder(ids)[0].float()             # (2 prompts, positions, width): what the UNet reads
+    by_hand = ((out[1] - out[0]).norm() / out[0].norm()).item()
+    shift_before = dict(zip(SHIFT_PROMPTS, dbtutor.text_shift(pipe, CLASS_PROMPT, list(SHIFT_PROMPTS.values()))))
+    assert abs(by_hand - shift_before["the identifier"]) < 1e-4
+    print(f"moved away from {CLASS_PROMPT!r} by")
+    for what, prompt in SHIFT_PROMPTS.items():
+        print(f"  {prompt!r:34s} {shift_before[what]:.3f}   ({what})")
+    """)
+    nb.md("""
+    Same seeds, both prompts: what `sks` does to the picture before any DreamBooth.
+    """)
+    nb.code("""
     before = sample_rows(pipe, [INSTANCE_PROMPT, CLASS_PROMPT], SEEDS, SAMPLER_STEPS, GUIDANCE)
     image_grid(before, rows=2, row_labels=[INSTANCE_PROMPT, CLASS_PROMPT], title="the base model, before DreamBooth")
     plt.show()
-
-    ids = pipe.tokenizer([INSTANCE_PROMPT, CLASS_PROMPT], padding="max_length", truncation=True,
-                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids.to(DEVICE)
-    with torch.no_grad():
-        pooled = pipe.text_encoder(ids).pooler_output.float()
-    cos = torch.nn.functional.cosine_similarity(pooled[0], pooled[1], dim=0).item()
-    print(f"text encoder: cosine similarity of the two prompts' pooled embeddings = {cos:.3f}")
+    """)
+    nb.md("""
+    `sks` is none of the world's names: it moves the output less than a colour word or a name does, but far
+    from nothing, and the pictures show what the base model makes of a word it has never seen (Stable
+    Diffusion, too, has its own idea of `sks`). DreamBooth's job (05) is to give it one meaning: the subject.
+    Section 5 measures the same distances after training.
     """)
     nb.md("""
     ## 4. A training batch
@@ -437,7 +465,35 @@ def nb02() -> Notebook:
     plt.show()
     """)
     nb.md("""
-    ## 5. Play
+    ## 5. After DreamBooth: the identifier means the subject
+
+    We borrow the training run of 05 (the same settings: `MAX_STEPS` steps with prior preservation, the text
+    encoder trained too; 05 explains every part of it). Whichever notebook runs first trains it; the other finds
+    the finished run in `WORK`. Then the same distances and the same seeds as above:
+    """)
+    nb.code(OVERRIDES + src("""
+    from dbtutor.widgets import train_run
+
+    del pipe
+    run = train_run(overrides, WORK)
+    shift_after = dict(zip(SHIFT_PROMPTS, dbtutor.text_shift(run.pipe, CLASS_PROMPT, list(SHIFT_PROMPTS.values()))))
+    print(f"moved away from {CLASS_PROMPT!r} by        before   after")
+    for what, prompt in SHIFT_PROMPTS.items():
+        print(f"  {prompt!r:34s} {shift_before[what]:.3f}    {shift_after[what]:.3f}   ({what})")
+    after = sample_rows(run.pipe, [INSTANCE_PROMPT, CLASS_PROMPT], SEEDS, SAMPLER_STEPS, GUIDANCE)
+    image_grid(before + after, rows=4, row_labels=[f"before: {INSTANCE_PROMPT}", f"before: {CLASS_PROMPT}",
+                                                    f"after: {INSTANCE_PROMPT}", f"after: {CLASS_PROMPT}"],
+               title=f"the same seeds before and after {MAX_STEPS} DreamBooth steps")
+    plt.show()
+    """))
+    nb.md("""
+    Training moved the identifier much further from the bare class than it started: `sks ball` now draws the
+    two-tone subject, and `a ball` stays any ball, because prior preservation kept the class prompt's output
+    and its pictures where they were. On a text encoder that had learned to ignore rare words (this project's
+    earlier base model, trained on attribute words only), the identifier's distance stayed near 0.01 before and
+    after, and "sks ball" and "a ball" drew the same picture for every seed.
+
+    ## 6. Play
 
     Type an identifier and a class noun: the panel shows how the tokenizer splits them and the two prompts
     training would use.
