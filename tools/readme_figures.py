@@ -7,7 +7,7 @@
 `comparison` executes notebooks/06_with_and_without_prior.ipynb headlessly (nbclient, as nbmake does), with the
 notebook's own defaults, and copies the figure it saves (work/notebooks/figures/with_and_without_prior.png) to
 docs/images/. `prior` runs `python -m dbtutor.toyworld.quality` and copies its two grids; `ablation` runs (or
-resumes) `dbtutor ablate` with its defaults and copies work/ablation/ablation.png. Nothing is drawn here.
+resumes) `dbtutor ablate --weights 0,1` (the README's table) and copies work/ablation/ablation.png. Nothing is drawn here.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def prior(work: Path) -> list[Path]:
 
 
 def ablation() -> Path:
-    subprocess.run([sys.executable, "-m", "dbtutor", "ablate"], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "dbtutor", "ablate", "--weights", "0,1"], check=True, cwd=ROOT)
     return _copy(ROOT / "work" / "ablation" / "ablation.png", "ablation.png")
 
 
