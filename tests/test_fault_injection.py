@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import dbtutor
 from dbtutor import checkpoint
 from dbtutor.fileio import FAULT_ENV
+from dbtutor.pipeline import sd_layout
 from conftest import ROOT, SUBJECT, make_tiny_pipeline
 
 PARTS = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",
@@ -172,6 +173,7 @@ def test_save_pipeline_killed_anywhere_leaves_the_old_or_the_new_output(tmp_path
     weights = {}
     for name, pipe in pipes.items():
         pipe.save_pretrained(tmp_path / name, safe_serialization=True)
+        sd_layout(tmp_path / name)                                      # as save_pipeline writes them
         weights[name] = {f: load_file(str(tmp_path / name / f)) for f in PARTS.values()}
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)                           # not part of the pipeline: never touched

@@ -256,8 +256,9 @@ def export(out, vae, te, unet, tokenizer, scale):
                                    requires_safety_checker=False)
     tmp = out / ".toyworld.tmp"
     pipe.save_pretrained(tmp, safe_serialization=True)
-    sd_layout(tmp)      # SD's layout (text encoder keys, vocab.json + merges.txt), read by transformers 4 and 5
-    shutil.copy(Path(tokenizer.name_or_path) / "LICENSE-open_clip.txt", tmp / "tokenizer" / "LICENSE-open_clip.txt")
+    sd_layout(tmp)                     # text encoder keys under text_model.: read by transformers 4 and 5
+    for name in ("vocab.json", "merges.txt", "LICENSE-open_clip.txt"):   # CLIP's own files, whichever transformers
+        shutil.copy(Path(tokenizer.name_or_path) / name, tmp / "tokenizer" / name)
     (tmp / "README.md").write_text(MODEL_CARD)
     final = out / "toyworld"
     if final.exists():
