@@ -132,7 +132,7 @@ def summarise(results: dict, keys=SHOWN) -> dict:
     for (subject, variant), runs in results.items():
         table.setdefault(subject, {})[variant] = {}
         for k in keys:
-            vals = [r["metrics"][k] for r in runs if k in r["metrics"]]
+            vals = [r["metrics"][k] for r in runs if k in r["metrics"] and r["metrics"][k] == r["metrics"][k]]  # no NaN
             if vals:
                 table[subject][variant][k] = [*mean_std(vals), len(vals)]
                 pooled.setdefault(variant, {}).setdefault(k, []).extend(vals)
