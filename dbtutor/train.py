@@ -19,6 +19,7 @@ from .fileio import fault_point, write_json
 from .latent_cache import cache_latents
 from .pipeline import check_pretrained, load_pipeline, pick_device
 from .regularization import generate_regularization, missing_indices
+from .resume import start_point
 
 RANK_LOG = "DBTUTOR_RANK_LOG"   # a folder: each process writes rank_<r>.json (what it generated, encoded, drew)
 
@@ -41,6 +42,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)   # per step: step, loss, instance_loss, prior_loss, lr
     seconds: float = 0.0
     pipe: object = None                                  # the trained pipeline, ready to sample
+    saved: bool = True                                   # False: output_dir held this finished run already
 
 
 def preflight(cfg):
@@ -194,17 +196,9 @@ def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
     _configure(cfg, unet, text_encoder)
     params = trainable_parameters(cfg, unet, text_encoder)
     optimizer = make_optimizer(cfg, params, device)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     modules = {"unet": unet, "text_encoder": text_encoder} if m.train_text_encoder else {"unet": unet}
-
-    start, history = 0, []
-    state = ckpt.latest(out, cfg, world) if tr.resume else None
-    if state is not None:
-        start, history = ckpt.restore(state, modules, optimizer, lr_sched)
-        if accelerator.is_main_process:
-            print(f"resuming from {state} (step {start})")
-    elif accelerator.is_main_process:
-        ckpt.clear(out)
+    begin = start_point(cfg, accelerator, modules, optimizer, lr_lambda(cfg))   # checkpoint, saved pipeline or 0
+    start, history, lr_sched = begin.step, begin.history, begin.lr_sched
     unet_p = accelerator.prepare(unet)
     te_p = accelerator.prepare(text_encoder) if m.train_text_encoder else text_encoder
     if m.compile:
@@ -267,10 +261,13 @@ def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
     finally:                                    # a second Ctrl-C stops at once, keeping the last checkpoint
         stop.restore()
     bar.close()
-    _save(accelerator, out, cfg, modules, optimizer, lr_sched, tr.max_steps, history)
+    if tr.keep_checkpoints and not begin.finished:
+        _save(accelerator, out, cfg, modules, optimizer, lr_sched, tr.max_steps, history)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        ckpt.save_pipeline(pipe, cfg, out, history)
+        if not begin.finished:                  # else output_dir holds this very pipeline already
+            ckpt.save_pipeline(pipe, cfg, out, history)
+        ckpt.finish(out, tr.keep_checkpoints)   # only now: the checkpoints go (or all but the last one)
     from .lora import fuse_lora
     fuse_lora(pipe)                             # LoRA: every process returns the pipeline as saved (fused)
     if os.environ.get(RANK_LOG):
@@ -282,7 +279,7 @@ def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
         accelerator.end_training()              # destroy the process group before exit (gloo aborts otherwise)
     for mod in (unet, text_encoder):
         mod.eval()
-    return TrainResult(out, history, time.time() - t0, pipe)
+    return TrainResult(out, history, time.time() - t0, pipe, saved=not begin.finished)
 
 
 def _noise_scheduler(pipe):
