@@ -20,8 +20,8 @@ CKPT = "checkpoints"
 KEEP = 2
 # keys that may change between a run and its resumption
 RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.progress", "trainer.checkpoint_every", "trainer.resume",
-                     "trainer.keep_checkpoints", "trainer.device", "model.data.num_workers", "output_dir",
-                     "model.pretrained", "model.data.instance_dir", "model.data.regularization_dir",
+                     "trainer.keep_checkpoints", "trainer.wait_for_lock", "trainer.device", "model.data.num_workers",
+                     "output_dir", "model.pretrained", "model.data.instance_dir", "model.data.regularization_dir",
                      "model.data.cached_instance_dir", "model.data.cached_reg_dir", "model.compile",
                      "model.channels_last", "model.gradient_checkpointing", "model.attention", "model.sampling"}
 

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import dbtutor
 from dbtutor import checkpoint
 from dbtutor.fileio import FAULT_ENV
+from dbtutor.locks import LOCK_FILES
 from dbtutor.pipeline import sd_layout
 from conftest import ROOT, SUBJECT, make_tiny_pipeline
 
@@ -42,7 +43,10 @@ def visible(folder: Path, pattern="*") -> list[Path]:
 
 
 def hidden(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) if folder.is_dir() else []
+    """Hidden entries, except the folder lock (an empty file that stays; the OS releases the lock itself) and its
+    holder's record (left behind by a killed run, rewritten by the next)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name not in LOCK_FILES) \
+        if folder.is_dir() else []
 
 
 def mtimes(paths) -> dict:
