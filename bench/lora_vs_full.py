@@ -47,6 +47,7 @@ def make_config(model, work: Path, rank: int, lr: float, steps: int, n_class: in
         "model.data.cached_instance_dir": str(work / "cache" / "instance"),
         "model.data.cached_reg_dir": str(work / "cache" / "class"),
         "model.lora.rank": rank, "optim.lr": lr, "trainer.max_steps": steps, "trainer.checkpoint_every": 0,
+        "trainer.keep_checkpoints": True,                                # the last checkpoint is measured below
         "trainer.resume": False, "trainer.progress": False})
 
 

@@ -1,7 +1,7 @@
 """dbtutor: DreamBooth with prior preservation, taught step by step and runnable on a CPU."""
 from .config import DEFAULT_CONFIG, ROOT, load_config
 from .data import DreamBoothDataset, collate, load_image, preprocess, scan_images
-from .errors import ConfigError, DataError, DBTutorError, TrainingError
+from .errors import ConfigError, DataError, DBTutorError, LockedError, TrainingError
 from .latent_cache import cache_latents
 from .pipeline import load_pipeline, pick_device, sample, text_shift
 from .regularization import generate_regularization
@@ -16,15 +16,16 @@ def cache_subject_latents(cfg, pipe=None) -> dict:
     pipe = pipe or load_pipeline(cfg.model.pretrained)
     d = cfg.model.data
     inst_dir, reg_dir = cached_dirs(cfg)
+    wait = cfg.trainer.wait_for_lock
     out = {"instance": cache_latents(scan_images(d.instance_dir, "model.data.instance_dir"), inst_dir, pipe.vae,
-                                     d.resolution, d.center_crop)}
+                                     d.resolution, d.center_crop, wait_for_lock=wait)}
     if cfg.model.with_prior_preservation:
         out["regularization"] = cache_latents(scan_images(d.regularization_dir, "model.data.regularization_dir"),
-                                              reg_dir, pipe.vae, d.resolution, d.center_crop)
+                                              reg_dir, pipe.vae, d.resolution, d.center_crop, wait_for_lock=wait)
     return out
 
 
 __all__ = ["load_config", "generate_regularization", "cache_latents", "cache_subject_latents", "train", "sample",
            "load_pipeline", "pick_device", "text_shift", "dreambooth_loss", "DreamBoothDataset", "collate", "load_image",
            "preprocess", "scan_images", "TrainResult", "DBTutorError", "ConfigError", "DataError", "TrainingError",
-           "ROOT", "DEFAULT_CONFIG"]
+           "LockedError", "ROOT", "DEFAULT_CONFIG"]

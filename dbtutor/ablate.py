@@ -30,7 +30,8 @@ SUBJECTS_DIR = ROOT / "data" / "subjects"
 DEFAULTS = {"seeds": [0, 1, 2], "weights": [0.0, 0.25, 1.0], "num_samples": 4, "class_samples": 16}
 QUICK = {"subjects": ["twotone_ball"], "seeds": [0], "weights": [0.0, 1.0], "steps": 30, "num_samples": 2,
          "class_samples": 4, "num_reg_images": 8}
-IGNORED = ("trainer.progress", "trainer.checkpoint_every", "trainer.resume", "trainer.device", "model.data.num_workers")
+IGNORED = ("trainer.progress", "trainer.checkpoint_every", "trainer.resume", "trainer.keep_checkpoints",
+           "trainer.wait_for_lock", "trainer.device", "model.data.num_workers")
 SHOWN = ("bind_attr", "bind_scene", "subject_attr", "subject_sim", "prompt_attr", "pres_attr", "class_colors", "pres",
          "div", "div_class")
 

@@ -20,10 +20,10 @@ CKPT = "checkpoints"
 KEEP = 2
 # keys that may change between a run and its resumption
 RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.progress", "trainer.checkpoint_every", "trainer.resume",
-                     "trainer.device", "model.data.num_workers", "output_dir", "model.pretrained",
-                     "model.data.instance_dir", "model.data.regularization_dir", "model.data.cached_instance_dir",
-                     "model.data.cached_reg_dir", "model.compile", "model.channels_last", "model.gradient_checkpointing",
-                     "model.attention", "model.sampling"}
+                     "trainer.keep_checkpoints", "trainer.wait_for_lock", "trainer.device", "model.data.num_workers",
+                     "output_dir", "model.pretrained", "model.data.instance_dir", "model.data.regularization_dir",
+                     "model.data.cached_instance_dir", "model.data.cached_reg_dir", "model.compile",
+                     "model.channels_last", "model.gradient_checkpointing", "model.attention", "model.sampling"}
 
 
 def _flat(d, prefix=""):
@@ -156,6 +156,20 @@ def _restore(path: Path, modules: dict, optimizer, lr_sched) -> tuple[int, list[
 
 def clear(out):
     shutil.rmtree(Path(out) / CKPT, ignore_errors=True)
+
+
+def finish(out, keep: bool):
+    """After the final pipeline is saved: remove output_dir/checkpoints (weights + optimizer state, about 3x the
+    trained weights each), or with `keep` (trainer.keep_checkpoints) all but the newest, to continue exactly."""
+    root = Path(out) / CKPT
+    shutil.rmtree(root.with_name(f".del-{CKPT}"), ignore_errors=True)     # a removal that was killed
+    if not root.is_dir():
+        return
+    if not keep:
+        _remove(root)
+        return
+    for old in complete(out)[:-1]:
+        _remove(old)
 
 
 PIPELINE_NEW, PIPELINE_OLD, READY = ".pipeline.new", ".pipeline.old", ".ready"

@@ -30,6 +30,8 @@ def cmd_train(args, cfg):
     res = train(cfg)
     if os.environ.get("RANK", "0") != "0":      # under accelerate launch / torchrun: one report, from rank 0
         return
+    if not res.saved:                           # train() said so: nothing to train
+        return
     h = res.history[-1] if res.history else {}
     print(f"trained {len(res.history)} steps in {res.seconds:.0f} s; last instance loss "
           f"{h.get('instance_loss', float('nan')):.4f}, prior loss {h.get('prior_loss', float('nan')):.4f}")

@@ -146,6 +146,12 @@ def validate(cfg: DictConfig):
         v = OmegaConf.select(cfg, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{key}={v} must be a whole number >= 0")
+    for key in ("trainer.keep_checkpoints", "trainer.resume"):
+        if not isinstance(OmegaConf.select(cfg, key), bool):
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be true or false")
+    wait = cfg.trainer.wait_for_lock
+    if not isinstance(wait, (bool, int, float)) or wait < 0:
+        raise ConfigError(f"trainer.wait_for_lock={wait} must be false (stop at once), true (wait) or seconds >= 0")
     if d.resolution <= 0 or d.resolution % 8:
         raise ConfigError(f"model.data.resolution={d.resolution} must be a positive multiple of 8 (the VAE downsamples)")
     if cfg.trainer.batch_size < 1 or d.num_images_per_prompt < 1:

@@ -30,11 +30,12 @@ class UnusableImage(DataError):
 def _entries(folder: Path, what: str = "image folder") -> tuple[list[Path], list[str]]:
     """(image-like files, names of other entries worth a warning) directly in `folder`, sorted."""
     from .fileio import _TEMP
+    from .locks import LOCK_FILES
     if not folder.is_dir():
         raise DataError(f"{what} {folder} does not exist: create it and put the images there")
     files, ignored = [], []
     for p in sorted(folder.iterdir()):
-        if _TEMP.match(p.name):                                   # our own atomic-write temp files
+        if _TEMP.match(p.name) or p.name in LOCK_FILES:          # our own atomic-write temps and folder locks
             continue
         if p.name.startswith("."):
             ignored.append(p.name + ("/" if p.is_dir() else ""))

@@ -15,3 +15,7 @@ class DataError(DBTutorError):
 
 class TrainingError(DBTutorError):
     """Training cannot go on (for example a NaN loss); the last good checkpoint is kept."""
+
+
+class LockedError(DBTutorError):
+    """A folder is in use by another run (its lock is held); the message names the folder and that process."""

@@ -62,7 +62,7 @@ def fsync_tree(folder) -> None:
         fsync_dir(root)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid == os.getpid() or os.name == "nt":      # on Windows os.kill(pid, 0) would end that process
         return True
     try:
@@ -82,7 +82,7 @@ def remove_stale_temps(folder) -> list[Path]:
         return removed
     for p in folder.iterdir():
         m = _TEMP.match(p.name)
-        if m and p.is_file() and not _pid_alive(int(m.group(1))):
+        if m and p.is_file() and not pid_alive(int(m.group(1))):
             try:
                 p.unlink()
                 removed.append(p)

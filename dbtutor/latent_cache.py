@@ -82,11 +82,16 @@ def _load_entry(path: Path, key: str, shape=None):
 
 @torch.no_grad()
 def cache_latents(image_paths: list[Path], cache_dir: str | Path, vae, resolution: int, center_crop: bool = True,
-                  batch_size: int = 8) -> dict:
+                  batch_size: int = 8, lock: bool = True, wait_for_lock=False) -> dict:
     """Return {'mean': NxCxhxw, 'logvar': NxCxhxw, 'encoded': [paths encoded now], 'reused': [...]}.
 
     Reuses valid entries whose key matches; encodes the rest with `vae` and writes each entry atomically;
-    removes entries of images that are gone; writes the manifest last."""
+    removes entries of images that are gone; writes the manifest last. Holds the folder's lock meanwhile (another
+    run on it: LockedError, or wait as trainer.wait_for_lock does); lock=False when the caller holds it."""
+    from .locks import hold
+    if lock:
+        with hold(cache_dir, "the latent cache", wait_for_lock):
+            return cache_latents(image_paths, cache_dir, vae, resolution, center_crop, batch_size, lock=False)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(cache_dir)
@@ -119,3 +124,47 @@ def sample_latents(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Ge
     """One draw from the cached diagonal Gaussian (unscaled; multiply by vae.config.scaling_factor)."""
     noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
     return mean + torch.exp(0.5 * logvar) * noise
+
+
+class LatentSource:
+    """Latents for a list of image indices: sampled from the cache, or encoded online from pixels."""
+
+    def __init__(self, cfg, paths, cache_dir, vae, accelerator):
+        self.vae, self.cfg = vae, cfg
+        d = cfg.model.data
+        self.n = len(paths)
+        self.cached = cfg.model.use_cached_latents
+        self.encoded = 0                             # images this process encoded into the cache
+        if self.cached:                              # the main process holds the folder's lock for all
+            from .locks import hold
+            with hold(cache_dir, "the latent cache", cfg.trainer.wait_for_lock, accelerator):
+                if accelerator.is_main_process:      # one writer; the others wait, then read a complete cache
+                    c = cache_latents(paths, cache_dir, vae, d.resolution, d.center_crop, lock=False)
+                accelerator.wait_for_everyone()
+                if not accelerator.is_main_process:  # every entry is valid now: this only reads
+                    c = cache_latents(paths, cache_dir, vae, d.resolution, d.center_crop, lock=False)
+                accelerator.wait_for_everyone()
+            self.encoded = len(c["encoded"])
+            self.mean, self.logvar = c["mean"].to(vae.device), c["logvar"].to(vae.device)
+        else:
+            from .data import DreamBoothDataset
+            self.dataset = DreamBoothDataset(paths[0].parent, "", d.resolution, d.center_crop, seed=cfg.trainer.seed)
+            self.dataset.instance_paths = paths
+
+    def __call__(self, idx: torch.Tensor, eps: torch.Tensor, crop_seed=None) -> torch.Tensor:
+        """Scaled latents mean + std * eps for images idx (modulo the image count).
+
+        Uncached random crops are drawn from `crop_seed`, so a resumed run crops as an unbroken one does."""
+        idx = idx % self.n
+        if self.cached:
+            mean, logvar = self.mean[idx], self.logvar[idx]
+        else:
+            if crop_seed is not None:
+                import numpy as np
+                self.dataset.rng = np.random.default_rng(crop_seed)
+            from .data import collate
+            px = collate([self.dataset[i] for i in idx.tolist()])["pixel_values"]
+            with torch.no_grad():
+                post = self.vae.encode(px.to(self.vae.device, self.vae.dtype)).latent_dist
+            mean, logvar = post.mean, post.logvar
+        return (mean + torch.exp(0.5 * logvar) * eps.to(mean.device, mean.dtype)) * self.vae.config.scaling_factor

@@ -21,6 +21,8 @@ transformers refuses, loads the text-encoder half with peft directly.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -91,6 +93,32 @@ def _folded(module) -> dict:
     scale = config.lora_alpha / config.r
     state = {k: v * scale if "lora_B" in k else v for k, v in get_peft_model_state_dict(module).items()}
     return convert_state_dict_to_diffusers(state)
+
+
+# diffusers' names of the adapter halves (text encoder, then UNet) -> peft's, as adapter_state names them
+_DIFFUSERS_TO_PEFT = ((".lora_linear_layer.down.", ".lora_A.default."), (".lora_linear_layer.up.", ".lora_B.default."),
+                      (".lora.down.", ".lora_A.default."), (".lora.up.", ".lora_B.default."))
+
+
+def load_saved_adapters(module, folder, part: str):
+    """Load `part`'s ("unet" or "text_encoder") adapters from folder/pytorch_lora_weights.safetensors, as save_lora
+    wrote them, into a module add_lora prepared (to continue a finished LoRA run): _folded undone, alpha / r taken
+    out of B again. Every adapter tensor must be there (load_adapter_state)."""
+    from safetensors.torch import load_file
+    path = Path(folder) / WEIGHT_NAME
+    config = module.peft_config["default"]
+    scale = config.lora_alpha / config.r
+    want, state = set(adapter_state(module)), {}
+    for key, value in load_file(str(path)).items():
+        if not key.startswith(part + "."):
+            continue
+        key = key[len(part) + 1:]
+        for theirs, ours in _DIFFUSERS_TO_PEFT:
+            key = key.replace(theirs, ours)
+        if key not in want and key.removeprefix("text_model.") in want:   # transformers 5: no text_model.
+            key = key.removeprefix("text_model.")
+        state[key] = value / scale if ".lora_B." in key else value
+    load_adapter_state(module, state, str(path))
 
 
 def save_lora(pipe, cfg, folder):

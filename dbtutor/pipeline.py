@@ -124,7 +124,7 @@ def _version(library: str) -> tuple[int, ...]:
     return Version(importlib.import_module(library).__version__).release
 
 
-def _load_checked(pretrained: str, name: str, library: str, class_name: str):
+def load_checked(pretrained: str, name: str, library: str, class_name: str):
     """One weight-bearing part of the pipeline; ConfigError if any of its weights is missing, unused or misshapen.
 
     transformers and diffusers only log such weights (left random) as a warning."""
@@ -169,7 +169,7 @@ def load_pipeline(pretrained: str, device: str | torch.device = "cpu", dtype: to
     check_pretrained(pretrained)
     index = StableDiffusionPipeline.load_config(str(pretrained))
     _check_tokenizer(pretrained, index)
-    parts = {name: _load_checked(pretrained, name, *index[name]) for name in ("unet", "vae", "text_encoder")}
+    parts = {name: load_checked(pretrained, name, *index[name]) for name in ("unet", "vae", "text_encoder")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe = StableDiffusionPipeline.from_pretrained(str(pretrained), safety_checker=None, feature_extractor=None,

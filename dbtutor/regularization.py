@@ -83,7 +83,7 @@ def check_provenance(folder: Path, cfg) -> None:
 
 
 def generate_regularization(cfg, pipe=None, rank: int = 0, world_size: int = 1, progress: bool = True,
-                            todo: list[int] | None = None) -> list[Path]:
+                            todo: list[int] | None = None, lock: bool = True) -> list[Path]:
     """NeMo's contract: if `regularization_dir` holds fewer than `num_reg_images` images, generate the rest with
     `regularization_prompt` in batches of `num_images_per_prompt`; otherwise generate nothing.
 
@@ -91,9 +91,14 @@ def generate_regularization(cfg, pipe=None, rank: int = 0, world_size: int = 1, 
     processes, rank r makes every world_size-th missing index: distinct seeds, distinct names. Pass `todo` =
     missing_indices(...) counted by every rank BEFORE any rank writes, or the ranks would split different lists.
     The folder remembers which model and prompt made its images (PROVENANCE); a later run with another base
-    model or prompt stops with DataError instead of mixing the two. Returns the paths written by this process."""
+    model or prompt stops with DataError instead of mixing the two. Returns the paths written by this process.
+    Holds the folder's lock meanwhile (see locks.py); lock=False when the caller holds it for every process."""
     d = cfg.model.data
     folder = Path(d.regularization_dir)
+    if lock:
+        from .locks import hold
+        with hold(folder, "model.data.regularization_dir", cfg.trainer.wait_for_lock):
+            return generate_regularization(cfg, pipe, rank, world_size, progress, todo, lock=False)
     remove_stale_temps(folder)              # temp files of a killed run (never those of a live process)
     check_provenance(folder, cfg)
     todo = (missing_indices(folder, d.num_reg_images) if todo is None else todo)[rank::world_size]

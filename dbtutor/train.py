@@ -1,6 +1,7 @@
 """Prior-preservation training: the DreamBooth loop, with checkpoints, resume and a loss history."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -13,12 +14,14 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import cached_dirs
-from .data import DreamBoothDataset, collate, scan_images
+from .data import scan_images
 from .errors import ConfigError, TrainingError
 from .fileio import fault_point, write_json
-from .latent_cache import cache_latents
+from .latent_cache import LatentSource
+from .locks import hold
 from .pipeline import check_pretrained, load_pipeline, pick_device
 from .regularization import generate_regularization, missing_indices
+from .resume import start_point
 
 RANK_LOG = "DBTUTOR_RANK_LOG"   # a folder: each process writes rank_<r>.json (what it generated, encoded, drew)
 
@@ -41,6 +44,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)   # per step: step, loss, instance_loss, prior_loss, lr
     seconds: float = 0.0
     pipe: object = None                                  # the trained pipeline, ready to sample
+    saved: bool = True                                   # False: output_dir held this finished run already
 
 
 def preflight(cfg):
@@ -120,45 +124,6 @@ def lr_lambda(cfg):
     return f
 
 
-class LatentSource:
-    """Latents for a list of image indices: sampled from the cache, or encoded online from pixels."""
-
-    def __init__(self, cfg, paths, cache_dir, vae, accelerator):
-        self.vae, self.cfg = vae, cfg
-        d = cfg.model.data
-        self.n = len(paths)
-        self.cached = cfg.model.use_cached_latents
-        self.encoded = 0                             # images this process encoded into the cache
-        if self.cached:
-            if accelerator.is_main_process:          # one writer; the others wait, then read a complete cache
-                c = cache_latents(paths, cache_dir, vae, d.resolution, d.center_crop)
-            accelerator.wait_for_everyone()
-            if not accelerator.is_main_process:      # every entry is valid now: this only reads
-                c = cache_latents(paths, cache_dir, vae, d.resolution, d.center_crop)
-            self.encoded = len(c["encoded"])
-            self.mean, self.logvar = c["mean"].to(vae.device), c["logvar"].to(vae.device)
-        else:
-            self.dataset = DreamBoothDataset(paths[0].parent, "", d.resolution, d.center_crop, seed=cfg.trainer.seed)
-            self.dataset.instance_paths = paths
-
-    def __call__(self, idx: torch.Tensor, eps: torch.Tensor, crop_seed=None) -> torch.Tensor:
-        """Scaled latents mean + std * eps for images idx (modulo the image count).
-
-        Uncached random crops are drawn from `crop_seed`, so a resumed run crops as an unbroken one does."""
-        idx = idx % self.n
-        if self.cached:
-            mean, logvar = self.mean[idx], self.logvar[idx]
-        else:
-            if crop_seed is not None:
-                import numpy as np
-                self.dataset.rng = np.random.default_rng(crop_seed)
-            px = collate([self.dataset[i] for i in idx.tolist()])["pixel_values"]
-            with torch.no_grad():
-                post = self.vae.encode(px.to(self.vae.device, self.vae.dtype)).latent_dist
-            mean, logvar = post.mean, post.logvar
-        return (mean + torch.exp(0.5 * logvar) * eps.to(mean.device, mean.dtype)) * self.vae.config.scaling_factor
-
-
 def _configure(cfg, unet, text_encoder):
     m = cfg.model
     if m.attention == "eager":
@@ -175,13 +140,43 @@ def _configure(cfg, unet, text_encoder):
 def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
     """The whole chain: regularization images (if needed), latent cache (if enabled), training, saving.
 
-    `callback(record)` is called after every step with that step's history record."""
+    `callback(record)` is called after every step with that step's history record. The run holds output_dir's
+    lock throughout (another run on it: LockedError at once, or it waits as trainer.wait_for_lock says)."""
     from accelerate import Accelerator
     t0 = time.time()
     instance_paths = preflight(cfg)
     device = pick_device(cfg.trainer.device)
     precision = {"32": "no", "bf16": "bf16", "16": "fp16"}[cfg.trainer.precision]
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+    with hold(cfg.output_dir, "output_dir", cfg.trainer.wait_for_lock, accelerator):
+        return _train(cfg, accelerator, instance_paths, progress, callback, t0)
+
+
+def _sources(cfg, pipe, instance_paths, accelerator, show) -> tuple[list, list[str], list[Path]]:
+    """Class images made (if missing) and the latent sources of the instance and class images, with the class
+    folder's lock held from counting its images to caching them (the main process holds it for all)."""
+    d, rank, world = cfg.model.data, accelerator.process_index, accelerator.num_processes
+    inst_dir, reg_dir = cached_dirs(cfg)
+    with contextlib.ExitStack() as held:
+        reg_written = []
+        if cfg.model.with_prior_preservation:   # every rank counts the folder BEFORE any rank writes into it,
+            held.enter_context(hold(d.regularization_dir, "model.data.regularization_dir", cfg.trainer.wait_for_lock,
+                                    accelerator))
+            todo = missing_indices(Path(d.regularization_dir), d.num_reg_images)
+            accelerator.wait_for_everyone()     # then makes every world-th of the same list
+            reg_written = generate_regularization(cfg, pipe, rank=rank, world_size=world, progress=show, todo=todo,
+                                                  lock=False)
+            accelerator.wait_for_everyone()
+        sources = [LatentSource(cfg, instance_paths, inst_dir, pipe.vae, accelerator)]
+        prompts = [d.instance_prompt]
+        if cfg.model.with_prior_preservation:
+            reg_paths = scan_images(d.regularization_dir, "model.data.regularization_dir")
+            sources.append(LatentSource(cfg, reg_paths, reg_dir, pipe.vae, accelerator))
+            prompts.append(d.regularization_prompt)
+    return sources, prompts, reg_written
+
+
+def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainResult:
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
     m, d, tr = cfg.model, cfg.model.data, cfg.trainer
@@ -190,12 +185,6 @@ def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
     show = (tr.progress if progress is None else progress) and accelerator.is_local_main_process
 
     pipe = load_pipeline(m.pretrained, device=device)
-    reg_written = []
-    if prior:                                   # every rank counts the folder BEFORE any rank writes into it,
-        todo = missing_indices(Path(d.regularization_dir), d.num_reg_images)
-        accelerator.wait_for_everyone()         # then makes every world-th of the same list
-        reg_written = generate_regularization(cfg, pipe, rank=rank, world_size=world, progress=show, todo=todo)
-        accelerator.wait_for_everyone()
     unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
     noise_scheduler = _noise_scheduler(pipe)
     vae.requires_grad_(False).eval()
@@ -203,14 +192,8 @@ def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
     unet.requires_grad_(True)
     ident_emb = identifier_embedding(cfg, tokenizer, text_encoder) if cfg.optim.identifier_lr else None
     te_trains = bool(m.train_text_encoder or ident_emb is not None)    # the text encoder runs every step
+    sources, prompts, reg_written = _sources(cfg, pipe, instance_paths, accelerator, show)
 
-    inst_dir, reg_dir = cached_dirs(cfg)
-    sources = [LatentSource(cfg, instance_paths, inst_dir, vae, accelerator)]
-    prompts = [d.instance_prompt]
-    if prior:
-        reg_paths = scan_images(d.regularization_dir, "model.data.regularization_dir")
-        sources.append(LatentSource(cfg, reg_paths, reg_dir, vae, accelerator))
-        prompts.append(d.regularization_prompt)
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     latent_shape = (vae.config.latent_channels, d.resolution // f, d.resolution // f)
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -226,17 +209,9 @@ def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
     if ident_emb is not None and not any(p is ident_emb for p in params):
         params.append(ident_emb)
     optimizer = make_optimizer(cfg, params, device, ident_emb)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     modules = {"unet": unet, "text_encoder": text_encoder} if te_trains else {"unet": unet}
-
-    start, history = 0, []
-    state = ckpt.latest(out, cfg, world) if tr.resume else None
-    if state is not None:
-        start, history = ckpt.restore(state, modules, optimizer, lr_sched)
-        if accelerator.is_main_process:
-            print(f"resuming from {state} (step {start})")
-    elif accelerator.is_main_process:
-        ckpt.clear(out)
+    begin = start_point(cfg, accelerator, modules, optimizer, lr_lambda(cfg))   # checkpoint, saved pipeline or 0
+    start, history, lr_sched = begin.step, begin.history, begin.lr_sched
     unet_p = accelerator.prepare(unet)
     te_p = accelerator.prepare(text_encoder) if te_trains else text_encoder
     if m.compile:
@@ -302,10 +277,13 @@ def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
     finally:                                    # a second Ctrl-C stops at once, keeping the last checkpoint
         stop.restore()
     bar.close()
-    _save(accelerator, out, cfg, modules, optimizer, lr_sched, tr.max_steps, history)
+    if tr.keep_checkpoints and not begin.finished:
+        _save(accelerator, out, cfg, modules, optimizer, lr_sched, tr.max_steps, history)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        ckpt.save_pipeline(pipe, cfg, out, history)
+        if not begin.finished:                  # else output_dir holds this very pipeline already
+            ckpt.save_pipeline(pipe, cfg, out, history)
+        ckpt.finish(out, tr.keep_checkpoints)   # only now: the checkpoints go (or all but the last one)
     from .lora import fuse_lora
     fuse_lora(pipe)                             # LoRA: every process returns the pipeline as saved (fused)
     if os.environ.get(RANK_LOG):
@@ -317,7 +295,7 @@ def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
         accelerator.end_training()              # destroy the process group before exit (gloo aborts otherwise)
     for mod in (unet, text_encoder):
         mod.eval()
-    return TrainResult(out, history, time.time() - t0, pipe)
+    return TrainResult(out, history, time.time() - t0, pipe, saved=not begin.finished)
 
 
 def _noise_scheduler(pipe):

@@ -62,7 +62,7 @@ def run_dir(work, cfg) -> Path:
     other settings get a fresh folder."""
     c = OmegaConf.to_container(cfg, resolve=True)
     c.pop("output_dir", None)
-    for k in ("progress", "resume"):
+    for k in ("progress", "resume", "keep_checkpoints", "wait_for_lock"):     # they do not change what is trained
         c["trainer"].pop(k, None)
     c["model"]["pretrained"] = model_tag(cfg.model.pretrained)
     key = hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -56,6 +56,9 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     ("trainer.max_steps=ten", "trainer.max_steps"),
     ("model.data.center_crop=false", "center_crop"),
     ("nonsense", "key=value"),
+    ("trainer.keep_checkpoints=last", "trainer.keep_checkpoints=last must be true or false"),
+    ("trainer.wait_for_lock=-5", "trainer.wait_for_lock=-5 must be false"),
+    ("trainer.wait_for_lock=soon", "trainer.wait_for_lock=soon must be false"),
 ])
 def test_bad_values_are_one_clear_line(override, expected):
     with pytest.raises(ConfigError, match=expected) as e:

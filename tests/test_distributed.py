@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 import dbtutor
+from dbtutor.locks import LOCK, OWNER
 from dbtutor.train import RANK_LOG
 
 from conftest import SUBJECT
@@ -57,7 +58,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_config, tiny_pi
     assert [x["world_size"] for x in ranks] == [2, 2]
 
     # class images: exactly 7, the missing indices split between the ranks, none twice, none overwritten
-    names = sorted(p.name for p in reg.iterdir())
+    names = sorted(p.name for p in reg.iterdir() if p.name != LOCK)
     assert names == ["class_00000.png", "class_00001.png", "class_00002.png", "class_00003.png", "class_00004.png",
                      "class_00005.png", "dbtutor-class-images.json", "mine.png"]     # + which model made them
     made = [set(x["reg_written"]) for x in ranks]
@@ -66,9 +67,12 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_config, tiny_pi
     assert (reg / "class_00002.png").read_bytes() == sorted(SUBJECT.glob("*.png"))[0].read_bytes()
     # the latent cache is encoded by the main process only
     assert ranks[0]["encoded"] > 0 and ranks[1]["encoded"] == 0
-    # one output, written once: a pipeline and the checkpoints of steps 2 and 4
+    # one output, written once: a pipeline; the checkpoint of step 2 removed after it (by one process); each
+    # folder was locked by the main process alone (a second holder would have stopped the run), and let go
     assert (tmp_path / "two" / "model_index.json").exists()
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step_000002", "step_000004"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir() if p.name.startswith((".", "checkpoints"))) == [LOCK]
+    for folder in (reg, tmp_path / "two", tmp_path / "two" / "latents" / "instance"):
+        assert (folder / LOCK).exists() and not (folder / OWNER).exists()
 
     # one process, batch 2: the same global batch, the same class images (the folder is full now)
     monkeypatch.setenv(RANK_LOG, str(tmp_path / "log1"))
@@ -98,3 +102,19 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_config, tiny_pi
     assert len(h2) == len(res.history) == 4
     for a, b in zip(h2, res.history):
         assert abs(a["loss"] - b["loss"]) < 1e-4 and abs(a["prior_loss"] - b["prior_loss"]) < 1e-4
+
+
+def test_two_processes_on_a_locked_output_dir_both_stop_without_hanging(tiny_config, tmp_path):
+    """Only the main process asks for the lock; the other follows its answer instead of waiting at a barrier."""
+    from test_locks import start_holder, stop
+    cfg = tiny_config(**{"output_dir": str(tmp_path / "two"), "trainer.max_steps": 2})
+    OmegaConf.save(cfg, tmp_path / "two.yaml")
+    holder = start_holder(tmp_path / "two", 300)
+    try:
+        r = launch(tmp_path / "two.yaml", 2, tmp_path / "log")
+    finally:
+        stop(holder)
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.startswith("dbtutor: error:")]
+    assert len(errors) == 2 and all(f"output_dir {tmp_path / 'two'} is in use by another run (pid {holder.pid}" in e
+                                    for e in errors), r.stderr[-3000:]

@@ -53,7 +53,8 @@ def test_stock_diffusers_loads_the_adapters(tiny_config, tiny_pipeline_dir, trai
 
 
 def test_lora_checkpoints_hold_only_adapters_and_resume(tiny_config, tmp_path):
-    whole = dbtutor.train(lora_cfg(tiny_config, output_dir=str(tmp_path / "whole")))
+    keep = {"trainer.keep_checkpoints": True}
+    whole = dbtutor.train(lora_cfg(tiny_config, output_dir=str(tmp_path / "whole"), **keep))
     ckpt = tmp_path / "whole" / "checkpoints" / "step_000004"
     for part, full in (("unet", "unet/diffusion_pytorch_model.safetensors"), ("text_encoder", "text_encoder/model.safetensors")):
         saved = load_file(str(ckpt / f"{part}.safetensors"))
@@ -61,14 +62,38 @@ def test_lora_checkpoints_hold_only_adapters_and_resume(tiny_config, tmp_path):
         assert (ckpt / f"{part}.safetensors").stat().st_size < (tmp_path / "whole" / full).stat().st_size / 2
 
     # 3 steps, then the same run resumed to 4 (max_steps may change on resume; the lr schedule is constant)
-    dbtutor.train(lora_cfg(tiny_config, output_dir=str(tmp_path / "broken"), **{"trainer.max_steps": 3}))
+    dbtutor.train(lora_cfg(tiny_config, output_dir=str(tmp_path / "broken"), **{"trainer.max_steps": 3}, **keep))
     assert (tmp_path / "broken" / "checkpoints" / "step_000003" / "state.json").exists()
-    resumed = dbtutor.train(lora_cfg(tiny_config, output_dir=str(tmp_path / "broken")))
+    resumed = dbtutor.train(lora_cfg(tiny_config, output_dir=str(tmp_path / "broken"), **keep))
     assert [h["step"] for h in resumed.history] == [1, 2, 3, 4]
     a, b = load_file(str(tmp_path / "whole" / WEIGHT_NAME)), load_file(str(tmp_path / "broken" / WEIGHT_NAME))
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
     assert max(a[k].abs().max().item() for k in a if "lora_B" in k or ".up." in k) > 1e-3   # B moved from zero
+
+
+def test_a_finished_lora_run_continues_from_its_saved_adapters(tiny_config, tmp_path, capsys):
+    """Without a kept checkpoint the adapters come back from pytorch_lora_weights.safetensors (alpha / r taken out of
+    B again): exactly the adapter tensors the same run's checkpoint holds."""
+    from dbtutor.lora import add_lora, adapter_state, load_saved_adapters
+    from dbtutor.pipeline import load_pipeline
+    te = {"model.train_text_encoder": True, "trainer.max_steps": 3}
+    dbtutor.train(lora_cfg(tiny_config, output_dir=str(tmp_path / "kept"), **te, **{"trainer.keep_checkpoints": True}))
+    cfg = lora_cfg(tiny_config, output_dir=str(tmp_path / "run"), **te)
+    dbtutor.train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    pipe = load_pipeline(cfg.model.pretrained)
+    add_lora(cfg, pipe.unet, pipe.text_encoder)
+    for part in ("unet", "text_encoder"):
+        load_saved_adapters(getattr(pipe, part), tmp_path / "run", part)
+        got = adapter_state(getattr(pipe, part))
+        want = load_file(str(tmp_path / "kept" / "checkpoints" / "step_000003" / f"{part}.safetensors"))
+        assert got.keys() == want.keys()
+        assert max((got[k] - want[k]).abs().max().item() for k in want) < 1e-6
+    capsys.readouterr()
+    longer = dbtutor.train(lora_cfg(tiny_config, output_dir=str(tmp_path / "run"), **{**te, "trainer.max_steps": 4}))
+    assert "fresh optimizer state" in capsys.readouterr().out
+    assert [h["step"] for h in longer.history] == [1, 2, 3, 4]
 
 
 def test_full_fine_tuning_writes_no_adapters(tiny_config):

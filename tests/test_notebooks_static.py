@@ -1,9 +1,9 @@
-"""The committed course notebooks: no outputs, the required opening cells, consecutive numbers, and exactly what
-tools/build_notebooks.py writes (so nobody edits one without the other). Nothing here executes a notebook."""
+"""The committed course notebooks: no outputs, the required opening cells, consecutive numbers, each .ipynb exactly
+what `jupytext --sync` makes of its py:percent source (so nobody edits one without the other), and the cells the
+notebooks share identical in each. Nothing here executes a notebook."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -26,13 +26,6 @@ def text(cell) -> str:
     return "".join(s) if isinstance(s, list) else s
 
 
-def build_script():
-    spec = importlib.util.spec_from_file_location("build_notebooks", ROOT / "tools" / "build_notebooks.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_notebooks_exist_and_are_numbered_consecutively():
     names = [p.name for p in NOTEBOOKS]
     assert names, "no notebooks in notebooks/"
@@ -48,7 +41,7 @@ def test_no_outputs_and_no_execution_counts(path):
     nb = load(path)
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] == "code":
-            assert cell.get("outputs") == [], f"{path.name} cell {i} has outputs: clear them (rebuild the notebook)"
+            assert cell.get("outputs") == [], f"{path.name} cell {i} has outputs: clear them (JupyterLab: Edit > Clear Outputs of All Cells; save)"
             assert cell.get("execution_count") is None, f"{path.name} cell {i} has an execution count"
         assert "execution" not in cell.get("metadata", {}), f"{path.name} cell {i} carries execution timing"
 
@@ -108,14 +101,6 @@ def test_colab_install_cell_keeps_the_preinstalled_torch(monkeypatch):
     assert f"torch=={importlib.metadata.version('torch')}" in pip[0]
 
 
-def test_generator_writes_the_committed_notebooks_byte_for_byte():
-    rendered = build_script().render_all()
-    assert sorted(rendered) == [p.name for p in NOTEBOOKS], "notebooks/ and tools/build_notebooks.py list different files"
-    for name, content in rendered.items():
-        assert (NB_DIR / name).read_text(encoding="utf-8") == content, \
-            f"{name} differs from what tools/build_notebooks.py writes: edit the script and run it"
-
-
 def test_notebooks_write_only_under_the_work_folder():
     """Paths the notebooks write are built from WORK (ROOT/work/notebooks by default, gitignored)."""
     gitignore = (ROOT / ".gitignore").read_text().split()
@@ -129,3 +114,91 @@ def test_notebooks_write_only_under_the_work_folder():
             line = src[src.rfind("\n", 0, m.start()) + 1: src.find("\n", m.end())]
             assert any(w in line for w in ("WORK", "demo_paths", "image_dir", "CACHE_DEMO")), \
                 f"{path.name}: writes outside WORK? {line.strip()}"
+
+
+# ----------------------------------------------------------------------------- the .py sources (jupytext pairs)
+
+SYNC = "edit the .py or the .ipynb, not one alone; then run `jupytext --sync notebooks/*.py`"
+
+
+def test_every_notebook_has_one_text_source_and_jupyterlab_pairs_them():
+    import jupytext.config
+    assert sorted(p.name for p in NB_DIR.glob("*.py")) == [p.with_suffix(".py").name for p in NOTEBOOKS], \
+        "notebooks/: every NN_topic.ipynb needs its NN_topic.py (py:percent), and no .py without its .ipynb"
+    config = jupytext.config.load_jupytext_config(str(NOTEBOOKS[0]))
+    formats = config.formats if config else None
+    formats = ",".join(formats) if isinstance(formats, list) else formats      # a list in jupytext >= 1.17
+    assert formats == "ipynb,py:percent", "notebooks/jupytext.toml must pair ipynb,py:percent"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_what_jupytext_makes_of_its_text_source(path):
+    """Cell by cell (type, source, tags and other metadata), then byte for byte what `jupytext --sync` writes, which
+    keeps the committed cell ids; and the .py is what jupytext writes from the .ipynb."""
+    import jupytext
+    import nbformat
+    from jupytext.combine import combine_inputs_with_outputs
+
+    py = path.with_suffix(".py")
+    source, committed = jupytext.read(py), nbformat.read(path, as_version=4)
+    nbformat.validate(committed)                         # among others: ids present, unique and well-formed
+    assert len(source.cells) == len(committed.cells), \
+        f"{path.name} has {len(committed.cells)} cells, {py.name} {len(source.cells)}: {SYNC}"
+    for i, (a, b) in enumerate(zip(source.cells, committed.cells)):
+        assert (a.cell_type, a.source, a.metadata) == (b.cell_type, b.source, b.metadata), \
+            f"{path.name} cell {i} differs from {py.name}: {SYNC}"
+    synced = jupytext.writes(combine_inputs_with_outputs(source, committed, fmt="py:percent"), "ipynb")
+    assert path.read_text(encoding="utf-8") == synced.rstrip("\n") + "\n", f"{path.name}: {SYNC}"
+    assert py.read_text(encoding="utf-8") == jupytext.writes(committed, "py:percent"), f"{py.name}: {SYNC}"
+
+
+def test_saving_in_jupyterlab_writes_both_files_and_keeps_the_cell_ids(tmp_path):
+    """jupytext's contents manager (what JupyterLab saves through): an edited cell lands in the .ipynb and the .py,
+    every cell id stays, and an unedited save rewrites neither file."""
+    import shutil
+
+    from jupytext import TextFileContentsManager
+
+    folder = tmp_path / "notebooks"
+    shutil.copytree(NB_DIR, folder)
+    name = NOTEBOOKS[0].name
+    cm = TextFileContentsManager(root_dir=str(tmp_path))
+    model = cm.get(f"notebooks/{name}")
+    cm.save(model, f"notebooks/{name}")
+    for p in (NOTEBOOKS[0], NOTEBOOKS[0].with_suffix(".py")):
+        assert (folder / p.name).read_bytes() == p.read_bytes(), f"saving {name} unedited changed {p.name}"
+    ids = [c["id"] for c in load(NOTEBOOKS[0])["cells"]]
+    model["content"].cells[0].source += "\n\nAn added sentence."
+    cm.save(model, f"notebooks/{name}")
+    saved = load(folder / name)["cells"]
+    assert [c["id"] for c in saved] == ids
+    assert text(saved[0]).endswith("An added sentence.")
+    assert "# An added sentence." in (folder / name).with_suffix(".py").read_text(encoding="utf-8")
+
+
+def _overrides_block(cells: list[str]) -> str | None:
+    """The training config dict `overrides = {...}` of a notebook (from its opening line to its closing brace)."""
+    for src in cells:
+        m = re.search(r"^overrides = \{\n.*?^\}$", src, re.M | re.S)
+        if m:
+            return m.group(0)
+    return None
+
+
+def test_cells_the_notebooks_share_are_identical():
+    """The guarded Colab install cell, the parameters cell's head and tail in all; the training overrides where they
+    are (a run made in one notebook is found by the next only with the very same config); the judge cell."""
+    cells = {p.name[:2]: [text(c) for c in load(p)["cells"]] for p in NOTEBOOKS}
+    ref = cells["01"]
+    head = ref[3][: ref[3].index("\n", ref[3].index("\nREG_DIR = ") + 1) + 1]
+    tail = ref[3][ref[3].index("# device and dtype, picked automatically"):]
+    for nb, cs in cells.items():
+        assert cs[2] == ref[2], f"notebook {nb}: the Colab install cell differs from 01's (they must be identical)"
+        assert cs[3].startswith(head), f"notebook {nb}: the parameters cell must start as 01's does, up to REG_DIR"
+        assert cs[3].endswith(tail), f"notebook {nb}: the parameters cell must end as 01's does (device and dtype)"
+    blocks = {nb: _overrides_block(cs) for nb, cs in cells.items()}
+    assert sorted(nb for nb, b in blocks.items() if b) == ["02", "04", "05", "06", "07"]
+    assert len({b for b in blocks.values() if b}) == 1, "the `overrides = {...}` dicts differ between notebooks"
+    judge = {nb: [c for c in cs if c.startswith("# The toy world's judge")] for nb, cs in cells.items()}
+    assert sorted(nb for nb, js in judge.items() if js) == ["01", "04", "05", "06"]
+    assert len({j for js in judge.values() for j in js}) == 1, "the judge cells differ between notebooks"

@@ -113,7 +113,7 @@ def test_ctrl_c_saves_the_finished_step_and_the_rerun_ends_as_an_unbroken_run(ti
 # ---- checkpoint leftovers --------------------------------------------------------------------------------------
 
 def test_half_written_and_half_deleted_checkpoints_are_ignored_and_cleaned(tiny_config):
-    cfg = tiny_config(**{"trainer.max_steps": 2, "trainer.checkpoint_every": 0})
+    cfg = tiny_config(**{"trainer.max_steps": 2, "trainer.checkpoint_every": 0, "trainer.keep_checkpoints": True})
     out = Path(cfg.output_dir)
     ckpts = out / "checkpoints"
     for name in (".tmp-step_000009", ".del-step_000001"):            # a killed save, a killed removal
@@ -162,7 +162,7 @@ def test_the_package_never_unpickles_and_never_trusts_remote_code():
 
 
 def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(tiny_config, tmp_path):
-    cfg = tiny_config(**{"trainer.max_steps": 2, "trainer.checkpoint_every": 1})
+    cfg = tiny_config(**{"trainer.max_steps": 2, "trainer.checkpoint_every": 1, "trainer.keep_checkpoints": True})
     dbtutor.train(cfg)
     marker = tmp_path / "pwned"
 

@@ -1,4 +1,6 @@
-"""Training: NeMo's loss, text-encoder freezing, stock-diffusers output, exact resume."""
+"""Training: NeMo's loss, text-encoder freezing, stock-diffusers output, exact resume, extending a finished run."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -56,16 +58,52 @@ def test_output_is_a_stock_diffusers_pipeline(tiny_config):
 
 
 def test_resume_continues_with_the_same_result(tiny_config, tmp_path):
+    """With trainer.keep_checkpoints the last checkpoint stays, and a longer run continues it exactly."""
     whole = dbtutor.train(tiny_config(**{"output_dir": str(tmp_path / "whole")}))
-    cfg_a = tiny_config(**{"output_dir": str(tmp_path / "parts"), "trainer.max_steps": 2})
-    dbtutor.train(cfg_a)
-    cfg_b = tiny_config(**{"output_dir": str(tmp_path / "parts"), "trainer.max_steps": 4})
-    parts = dbtutor.train(cfg_b)
+    keep = {"output_dir": str(tmp_path / "parts"), "trainer.keep_checkpoints": True}
+    dbtutor.train(tiny_config(**keep, **{"trainer.max_steps": 2}))
+    assert sorted(p.name for p in (tmp_path / "parts" / "checkpoints").iterdir()) == ["step_000002"]
+    parts = dbtutor.train(tiny_config(**keep, **{"trainer.max_steps": 4}))
     assert [h["step"] for h in parts.history] == [1, 2, 3, 4]
     assert [h["loss"] for h in parts.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-5)
     a = load_file(str(whole.output_dir / "unet" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(parts.output_dir / "unet" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert sorted(p.name for p in (tmp_path / "parts" / "checkpoints").iterdir()) == ["step_000004"]
+
+
+def test_a_finished_run_keeps_no_checkpoints_by_default(tiny_config):
+    seen = []
+    cfg = tiny_config()                                                   # checkpoint_every 2, max_steps 4
+    ckpts = Path(cfg.output_dir) / "checkpoints"
+    res = dbtutor.train(cfg, callback=lambda rec: seen.append(sorted(p.name for p in ckpts.glob("step_*"))))
+    assert seen[2] == ["step_000002"]                                     # written on the way ...
+    assert not ckpts.exists() and not (res.output_dir / ".del-checkpoints").exists()      # ... gone at the end
+    assert (res.output_dir / "model_index.json").exists()
+
+
+def test_extending_a_finished_run_without_checkpoints_starts_from_its_weights(tiny_config, tmp_path, capsys):
+    common = {"optim.warmup_steps": 6, "output_dir": str(tmp_path / "run")}
+    first = dbtutor.train(tiny_config(**common))
+    unet4 = load_file(str(first.output_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+    capsys.readouterr()
+    longer = dbtutor.train(tiny_config(**common, **{"trainer.max_steps": 6}))
+    said = [line for line in capsys.readouterr().out.splitlines() if "optimizer" in line]
+    assert len(said) == 1 and "saved pipeline (step 4)" in said[0] and "fresh optimizer state" in said[0]
+    assert [h["step"] for h in longer.history] == [1, 2, 3, 4, 5, 6]
+    assert longer.history[:4] == first.history                            # the loss history goes on
+    straight = dbtutor.train(tiny_config(**{**common, "output_dir": str(tmp_path / "straight"), "trainer.max_steps": 6}))
+    assert [h["lr"] for h in longer.history] == pytest.approx([h["lr"] for h in straight.history])   # so does the lr
+    unet6 = load_file(str(longer.output_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(unet4[k], unet6[k]) for k in unet4)        # it trained on from step 4
+    assert not (longer.output_dir / "checkpoints").exists()
+    # the same command again: nothing left to train, the pipeline is not rewritten
+    stamp = (longer.output_dir / "model_index.json").stat().st_mtime_ns
+    again = dbtutor.train(tiny_config(**common, **{"trainer.max_steps": 6}))
+    assert "nothing to train" in capsys.readouterr().out
+    assert again.history == longer.history and (longer.output_dir / "model_index.json").stat().st_mtime_ns == stamp
+    with pytest.raises(dbtutor.ConfigError, match="already holds 6 steps, more than trainer.max_steps=4"):
+        dbtutor.train(tiny_config(**common))
 
 
 def test_resume_refuses_a_changed_config(tiny_config, tmp_path):
