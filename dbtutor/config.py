@@ -156,19 +156,12 @@ def validate(cfg: DictConfig):
         raise ConfigError(f"model.data.resolution={d.resolution} must be a positive multiple of 8 (the VAE downsamples)")
     if cfg.trainer.batch_size < 1 or d.num_images_per_prompt < 1:
         raise ConfigError("trainer.batch_size and model.data.num_images_per_prompt must be at least 1")
-    for key in ("model.prior_loss_weight", "optim.lr", "model.noise_offset"):
+    for key in ("model.prior_loss_weight", "optim.lr"):
         v = OmegaConf.select(cfg, key)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{key}={v} must be a number >= 0")
     if not d.instance_dir or not d.instance_prompt:
         raise ConfigError("model.data.instance_dir and model.data.instance_prompt must be set")
-    ident_lr = cfg.optim.identifier_lr
-    if ident_lr is not None:
-        if not isinstance(ident_lr, (int, float)) or isinstance(ident_lr, bool) or ident_lr <= 0:
-            raise ConfigError(f"optim.identifier_lr={ident_lr} must be a number > 0, or null (no separate group)")
-        if cfg.model.lora.rank:
-            raise ConfigError("optim.identifier_lr needs full fine-tuning (model.lora.rank=0): LoRA checkpoints keep "
-                              "only the adapters, not the identifier's embedding")
     if cfg.model.with_prior_preservation:
         if not d.regularization_prompt:
             raise ConfigError("model.with_prior_preservation=true needs model.data.regularization_prompt "

@@ -54,10 +54,6 @@ def preflight(cfg):
     paths = scan_images(d.instance_dir, "model.data.instance_dir")
     if cfg.trainer.precision == "16" and pick_device(cfg.trainer.device).type != "cuda":
         raise ConfigError("trainer.precision=16 needs a CUDA GPU; on a CPU use 32 or bf16")
-    if cfg.optim.identifier_lr and not set(d.instance_prompt.lower().split()) - set(
-            (d.regularization_prompt or "").lower().split()):
-        raise ConfigError(f"optim.identifier_lr: the instance prompt '{d.instance_prompt}' has no word that the "
-                          f"class prompt '{d.regularization_prompt}' lacks, so there is no identifier to train")
     return paths
 
 
@@ -66,35 +62,11 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def make_optimizer(cfg, params, device, identifier_embedding=None) -> torch.optim.AdamW:
+def make_optimizer(cfg, params, device) -> torch.optim.AdamW:
     """AdamW; fused (one kernel over all tensors) on CPU and CUDA: on a CPU about 5x faster than the default
-    per-tensor loop, which otherwise costs as much as the UNet's backward when the text encoder trains (bench/).
-    With optim.identifier_lr, the token-embedding matrix is a second group at that rate, without weight decay."""
+    per-tensor loop, which otherwise costs as much as the UNet's backward when the text encoder trains (bench/)."""
     fused = torch.device(device).type in ("cpu", "cuda")
-    groups = [{"params": [p for p in params if p is not identifier_embedding]}]
-    if identifier_embedding is not None:
-        groups.append({"params": [identifier_embedding], "lr": cfg.optim.identifier_lr, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=fused or None)
-
-
-def identifier_embedding(cfg, tokenizer, text_encoder) -> torch.nn.Parameter:
-    """Pivotal tuning's half of the text encoder: the token-embedding matrix, made trainable with a gradient mask
-    that keeps only the identifier's rows (the tokens the instance prompt has and the class prompt lacks)."""
-    d = cfg.model.data
-    if not d.regularization_prompt:
-        raise ConfigError("optim.identifier_lr needs model.data.regularization_prompt (the instance prompt without "
-                          "the identifier) to find the identifier's tokens")
-    ids = lambda text: set(tokenizer(text, add_special_tokens=False).input_ids)
-    rows = sorted(ids(d.instance_prompt) - ids(d.regularization_prompt))
-    if not rows:
-        raise ConfigError(f"optim.identifier_lr: the instance prompt '{d.instance_prompt}' has no token that the "
-                          f"class prompt '{d.regularization_prompt}' lacks, so there is no identifier to train")
-    weight = text_encoder.get_input_embeddings().weight
-    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-    mask[rows] = 1
-    weight.requires_grad_(True)
-    weight.register_hook(lambda grad: grad * mask)
-    return weight
+    return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=fused or None)
 
 
 def clip_gradients(accelerator, params, max_norm: float):
@@ -190,15 +162,13 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
     vae.requires_grad_(False).eval()
     text_encoder.requires_grad_(bool(m.train_text_encoder))
     unet.requires_grad_(True)
-    ident_emb = identifier_embedding(cfg, tokenizer, text_encoder) if cfg.optim.identifier_lr else None
-    te_trains = bool(m.train_text_encoder or ident_emb is not None)    # the text encoder runs every step
     sources, prompts, reg_written = _sources(cfg, pipe, instance_paths, accelerator, show)
 
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     latent_shape = (vae.config.latent_channels, d.resolution // f, d.resolution // f)
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids.to(device)
-    if not te_trains:                           # frozen: embed the (two) prompts once, not every step
+    if not m.train_text_encoder:                # frozen: embed the (two) prompts once, not every step
         with torch.no_grad():
             fixed_embeds = text_encoder(ids)[0]
 
@@ -206,14 +176,12 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
     add_lora(cfg, unet, text_encoder)
     _configure(cfg, unet, text_encoder)
     params = trainable_parameters(cfg, unet, text_encoder)
-    if ident_emb is not None and not any(p is ident_emb for p in params):
-        params.append(ident_emb)
-    optimizer = make_optimizer(cfg, params, device, ident_emb)
-    modules = {"unet": unet, "text_encoder": text_encoder} if te_trains else {"unet": unet}
+    optimizer = make_optimizer(cfg, params, device)
+    modules = {"unet": unet, "text_encoder": text_encoder} if m.train_text_encoder else {"unet": unet}
     begin = start_point(cfg, accelerator, modules, optimizer, lr_lambda(cfg))   # checkpoint, saved pipeline or 0
     start, history, lr_sched = begin.step, begin.history, begin.lr_sched
     unet_p = accelerator.prepare(unet)
-    te_p = accelerator.prepare(text_encoder) if te_trains else text_encoder
+    te_p = accelerator.prepare(text_encoder) if m.train_text_encoder else text_encoder
     if m.compile:
         unet_p = torch.compile(unet_p)
     B = tr.batch_size
@@ -232,18 +200,15 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
                 mine = slice(rank * B, (rank + 1) * B)
                 idx = torch.randint(0, 2 ** 31 - 1, (B * world,), generator=g)[mine]
                 eps = torch.randn((B * world, *latent_shape), generator=g)[mine]
-                noise = torch.randn((B * world, *latent_shape), generator=g)
+                noises.append(torch.randn((B * world, *latent_shape), generator=g)[mine])
                 ts.append(torch.randint(0, noise_scheduler.config.num_train_timesteps, (B * world,), generator=g)[mine])
-                if m.noise_offset:              # offset noise: shift each channel's mean (no draw when off)
-                    noise = noise + m.noise_offset * torch.randn((B * world, latent_shape[0], 1, 1), generator=g)
-                noises.append(noise[mine])
                 zs.append(src(idx, eps, crop_seed=(tr.seed, step, k)))
                 embeds_idx += [k] * B
                 drawn.append([step, k, (idx % src.n).tolist()])
             z, noise, t = torch.cat(zs).to(device), torch.cat(noises).to(device), torch.cat(ts).to(device)
             noisy = noise_scheduler.add_noise(z, noise, t)
             with accelerator.autocast():
-                enc = te_p(ids)[0] if te_trains else fixed_embeds
+                enc = te_p(ids)[0] if m.train_text_encoder else fixed_embeds
                 enc = enc[torch.tensor(embeds_idx, device=device)]
                 pred = unet_p(noisy, t, enc).sample
             target = noise if noise_scheduler.config.prediction_type == "epsilon" \

@@ -126,28 +126,3 @@ def test_v_prediction_checkpoint_trains_against_velocity(tmp_path, tiny_config, 
     dbtutor.train(tiny_config(**{"trainer.max_steps": 2, "output_dir": str(tmp_path / "eps"),
                                  "model.data.regularization_dir": str(tmp_path / "reg_eps")}))   # another model
     assert calls == []
-
-
-@pytest.mark.parametrize("train_te", [False, True])
-def test_identifier_lr_trains_only_the_identifiers_embedding_rows(tiny_config, tiny_pipeline_dir, train_te):
-    cfg = tiny_config(**{"model.train_text_encoder": train_te, "optim.identifier_lr": 1e-2, "trainer.max_steps": 3})
-    out = dbtutor.train(cfg).output_dir
-    key = "text_model.embeddings.token_embedding.weight"
-    before = load_file(str(tiny_pipeline_dir / "text_encoder" / "model.safetensors"))
-    after = load_file(str(out / "text_encoder" / "model.safetensors"))
-    sks = cfg.model.data.instance_prompt.split()[-2]
-    tok = StableDiffusionPipeline.from_pretrained(out).tokenizer
-    row = tok(sks, add_special_tokens=False).input_ids
-    changed = (before[key] != after[key]).any(dim=1).nonzero().flatten().tolist()
-    assert changed == row                          # the identifier's row moved, no other (e.g. "ball", "photo")
-    assert float((after[key][row] - before[key][row]).abs().max()) > 1e-3      # at about identifier_lr per step
-    others = [k for k in before if k != key]
-    assert any(not torch.equal(before[k], after[k]) for k in others) == train_te
-
-
-def test_identifier_lr_refuses_lora_and_a_prompt_without_identifier(tiny_config):
-    with pytest.raises(dbtutor.ConfigError, match="optim.identifier_lr needs full fine-tuning"):
-        tiny_config(**{"optim.identifier_lr": 1e-2, "model.lora.rank": 4})
-    cfg = tiny_config(**{"optim.identifier_lr": 1e-2, "model.data.instance_prompt": "a photo of a ball"})
-    with pytest.raises(dbtutor.ConfigError, match="has no word that the class prompt"):
-        dbtutor.train(cfg)
