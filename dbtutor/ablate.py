@@ -27,7 +27,7 @@ from .fileio import write_json, write_text
 from .pipeline import model_fingerprint
 
 SUBJECTS_DIR = ROOT / "data" / "subjects"
-DEFAULTS = {"seeds": [0, 1, 2], "weights": [0.0, 0.25, 1.0], "num_samples": 4, "class_samples": 16}
+DEFAULTS = {"seeds": [0, 1, 2], "weights": [0.0, 0.25, 1.0], "num_samples": 4, "class_samples": 32}
 QUICK = {"subjects": ["twotone_ball"], "seeds": [0], "weights": [0.0, 1.0], "steps": 30, "num_samples": 2,
          "class_samples": 4, "num_reg_images": 8}
 IGNORED = ("trainer.progress", "trainer.checkpoint_every", "trainer.resume", "trainer.keep_checkpoints",

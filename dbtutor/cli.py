@@ -140,7 +140,7 @@ def build_parser():
             p.add_argument("--backend", choices=("auto", "judge", "clip"), default="auto",
                            help="judge (toy-world subjects) or clip (CLIP + DINOv2); auto picks by subject.json")
             p.add_argument("--num-samples", type=int, default=4, help="samples per subject prompt")
-            p.add_argument("--class-samples", type=int, default=16, help="samples of the bare class prompt (PRES)")
+            p.add_argument("--class-samples", type=int, default=32, help="samples of the bare class prompt (PRES)")
             p.add_argument("--seed", type=int, default=EVAL_SEED, help="first sampling seed")
             p.add_argument("--judge", default=None, help="judge folder (default: data/models/toyworld-judge)")
             p.add_argument("--clip-model", default=CLIP_MODEL, help="CLIPModel hub id or folder (backend clip)")
@@ -155,7 +155,7 @@ def build_parser():
                            help="prior_loss_weight values; 0 = without prior preservation (default: 0,0.25,1)")
             p.add_argument("--steps", type=int, default=None, help="training steps per run (default: trainer.max_steps)")
             p.add_argument("--num-samples", type=int, default=None, help="samples per subject prompt (default 4)")
-            p.add_argument("--class-samples", type=int, default=None, help="samples of the class prompt (default 16)")
+            p.add_argument("--class-samples", type=int, default=None, help="samples of the class prompt (default 32)")
             p.add_argument("--num-reg-images", type=int, default=None, help="class images (default: config's)")
             p.add_argument("--judge", default=None, help="judge folder (default: data/models/toyworld-judge)")
             p.add_argument("--work", default=None, help="work folder (default: work/ablation, or work/ablation-quick)")

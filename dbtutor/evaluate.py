@@ -228,7 +228,7 @@ def score_clip(samples: dict, real: list, ps: PromptSet, enc: Encoders) -> tuple
 
 # ----------------------------------------------------------------------------- sampling and the whole evaluation
 
-def generate(pipe, ps: PromptSet, num_samples: int = 4, class_samples: int = 16, seed: int = EVAL_SEED,
+def generate(pipe, ps: PromptSet, num_samples: int = 4, class_samples: int = 32, seed: int = EVAL_SEED,
              num_inference_steps: int = 20, guidance_scale: float = 5.0, scheduler: str = "dpm") -> dict:
     """{prompt: images}: num_samples per subject prompt, class_samples for the class prompt, with seeds
     seed, seed + 1, ... for every prompt, so two models are compared on the very same noise."""
@@ -241,7 +241,7 @@ def generate(pipe, ps: PromptSet, num_samples: int = 4, class_samples: int = 16,
     return out
 
 
-def evaluate(model, subject_dir, backend: str = "judge", num_samples: int = 4, class_samples: int = 16,
+def evaluate(model, subject_dir, backend: str = "judge", num_samples: int = 4, class_samples: int = 32,
              seed: int = EVAL_SEED, num_inference_steps: int = 20, guidance_scale: float = 5.0, scheduler: str = "dpm",
              instance_prompt: str | None = None, class_prompt: str | None = None, judge_dir=DEFAULT_JUDGE,
              clip_model: str = CLIP_MODEL, dino_model: str = DINO_MODEL, device="cpu", grid=None) -> dict:
@@ -288,7 +288,7 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def eval_command(cfg, model=None, backend: str = "auto", num_samples: int = 4, class_samples: int = 16,
+def eval_command(cfg, model=None, backend: str = "auto", num_samples: int = 4, class_samples: int = 32,
                  seed: int = EVAL_SEED, judge_dir=None, clip_model=CLIP_MODEL, dino_model=DINO_MODEL, out=None) -> dict:
     """`dbtutor eval`: evaluate the trained output_dir (or `model`) on model.data.instance_dir; print a table,
     write the result to output_dir/eval.json (atomically) and the samples to eval.png next to it."""

@@ -226,12 +226,26 @@ def sample(pipe, prompts: list[str] | str, seeds: list[int] | int = 0, num_infer
 
 
 @torch.no_grad()
+def _text_outputs(pipe, prompts: list[str]) -> torch.Tensor:
+    """The text encoder's output for each prompt, every token position (what cross-attention reads)."""
+    ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0].float().cpu()
+
+
 def text_shift(pipe, prompt: str, others: list[str] | str) -> list[float]:
     """How far each of `others` moves the text encoder's output away from `prompt`'s: relative L2 distance over
     every token position, |E(other) - E(prompt)| / |E(prompt)|. This is what the UNet's cross-attention reads, so
     an identifier that moves it as little as no word at all cannot select anything (notebook 02)."""
     others = [others] if isinstance(others, str) else list(others)
-    ids = pipe.tokenizer([prompt] + others, padding="max_length", truncation=True,
-                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
-    emb = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0].float()
+    emb = _text_outputs(pipe, [prompt] + others)
     return [float((e - emb[0]).norm() / emb[0].norm()) for e in emb[1:]]
+
+
+def text_moved(before, after, prompts: list[str] | str) -> list[float]:
+    """How far training moved each prompt's text-encoder output: |E_after(p) - E_before(p)| / |E_before(p)|, for
+    two pipelines with the same tokenizer (e.g. the base model and a run that trained its text encoder)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    a, b = _text_outputs(before, prompts), _text_outputs(after, prompts)
+    return [float((y - x).norm() / x.norm()) for x, y in zip(a, b)]

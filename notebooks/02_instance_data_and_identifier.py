@@ -59,11 +59,11 @@ CLASS_PROMPT = f"a photo of a {CLASS_NOUN}"                      # model.data.re
 PROMPTS = [f"a photo of {IDENTIFIER} {CLASS_NOUN} on the snow", CLASS_PROMPT]   # the subject elsewhere; the bare class
 RESOLUTION = 64                                                  # model.data.resolution
 # training (DBTUTOR_NB_MAX_STEPS, DBTUTOR_NB_PRIOR_LOSS_WEIGHT, DBTUTOR_NB_NUM_REG_IMAGES)
-MAX_STEPS = setting("MAX_STEPS", 300)
+MAX_STEPS = setting("MAX_STEPS", 500)
 PRIOR_LOSS_WEIGHT = setting("PRIOR_LOSS_WEIGHT", 1.0)
-NUM_REG_IMAGES = setting("NUM_REG_IMAGES", 50)
+NUM_REG_IMAGES = setting("NUM_REG_IMAGES", 200)
 LR = 1e-4
-TRAIN_TEXT_ENCODER = True
+TRAIN_TEXT_ENCODER = False                                       # model.train_text_encoder (07 compares)
 SEED = 0
 # sampling: the same seeds for every model, so differences come from training alone
 # (DBTUTOR_NB_SAMPLES_PER_PROMPT, DBTUTOR_NB_SAMPLER_STEPS)
@@ -228,8 +228,8 @@ plt.show()
 # ## 5. After DreamBooth: the identifier means the subject
 #
 # We borrow the training run of 05 (the same settings: `MAX_STEPS` steps with prior preservation, the text
-# encoder trained too; 05 explains every part of it). Whichever notebook runs first trains it; the other finds
-# the finished run in `WORK`. Then the same distances and the same seeds as above:
+# encoder frozen as in diffusers' and NeMo's defaults; 05 explains every part of it). Whichever notebook runs
+# first trains it; the other finds the finished run in `WORK`. Then the same distances and the same seeds as above:
 
 # %%
 overrides = {
@@ -260,6 +260,8 @@ shift_after = dict(zip(SHIFT_PROMPTS, dbtutor.text_shift(run.pipe, CLASS_PROMPT,
 print(f"moved away from {CLASS_PROMPT!r} by        before   after")
 for what, prompt in SHIFT_PROMPTS.items():
     print(f"  {prompt!r:34s} {shift_before[what]:.3f}    {shift_after[what]:.3f}   ({what})")
+if not TRAIN_TEXT_ENCODER:                   # a frozen text encoder: the UNet reads exactly what it read before
+    assert all(abs(shift_after[k] - shift_before[k]) < 1e-5 for k in SHIFT_PROMPTS)
 after = sample_rows(run.pipe, [INSTANCE_PROMPT, CLASS_PROMPT], SEEDS, SAMPLER_STEPS, GUIDANCE)
 image_grid(before + after, rows=4, row_labels=[f"before: {INSTANCE_PROMPT}", f"before: {CLASS_PROMPT}",
                                                 f"after: {INSTANCE_PROMPT}", f"after: {CLASS_PROMPT}"],
@@ -267,11 +269,13 @@ image_grid(before + after, rows=4, row_labels=[f"before: {INSTANCE_PROMPT}", f"b
 plt.show()
 
 # %% [markdown]
-# Training moved the identifier much further from the bare class than it started: `sks ball` now draws the
-# two-tone subject, and `a ball` stays any ball, because prior preservation kept the class prompt's output
-# and its pictures where they were. On a text encoder that had learned to ignore rare words (this project's
-# earlier base model, trained on attribute words only), the identifier's distance stayed near 0.01 before and
-# after, and "sks ball" and "a ball" drew the same picture for every seed.
+# The distances did not move: the text encoder is frozen, so `sks ball` reaches the UNet as the very vector it
+# was before, about as far from `a ball` as a name and half as far as a colour word. What changed is the UNet: it
+# learned what that vector should draw. `sks ball` now draws the two-tone subject, and `a ball` stays any ball,
+# because prior preservation kept the UNet's answer to the class prompt. This works only because the base model's
+# text encoder reads rare words at all: on this project's earlier base model (trained on attribute words only)
+# `sks` moved the output by 0.012, and "sks ball" and "a ball" drew the same picture for every seed, before and
+# after DreamBooth. 07 shows what training the text encoder as well does to these distances.
 #
 # ## 6. Play
 #

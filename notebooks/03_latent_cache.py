@@ -59,11 +59,11 @@ CLASS_PROMPT = f"a photo of a {CLASS_NOUN}"                      # model.data.re
 PROMPTS = [f"a photo of {IDENTIFIER} {CLASS_NOUN} on the snow", CLASS_PROMPT]   # the subject elsewhere; the bare class
 RESOLUTION = 64                                                  # model.data.resolution
 # training (DBTUTOR_NB_MAX_STEPS, DBTUTOR_NB_PRIOR_LOSS_WEIGHT, DBTUTOR_NB_NUM_REG_IMAGES)
-MAX_STEPS = setting("MAX_STEPS", 300)
+MAX_STEPS = setting("MAX_STEPS", 500)
 PRIOR_LOSS_WEIGHT = setting("PRIOR_LOSS_WEIGHT", 1.0)
-NUM_REG_IMAGES = setting("NUM_REG_IMAGES", 50)
+NUM_REG_IMAGES = setting("NUM_REG_IMAGES", 200)
 LR = 1e-4
-TRAIN_TEXT_ENCODER = True
+TRAIN_TEXT_ENCODER = False                                       # model.train_text_encoder (07 compares)
 SEED = 0
 # sampling: the same seeds for every model, so differences come from training alone
 # (DBTUTOR_NB_SAMPLES_PER_PROMPT, DBTUTOR_NB_SAMPLER_STEPS)

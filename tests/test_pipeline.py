@@ -118,3 +118,17 @@ def test_stable_diffusions_own_layout_with_its_old_position_ids_loads(tiny_pipel
     state["text_model.embeddings.position_ids"] = torch.arange(32)[None]
     save_file(state, str(sd / TE_FILE), metadata={"format": "pt"})
     assert torch.equal(encode(load_pipeline(str(sd))), encode(load_pipeline(str(tiny_pipeline_dir))))
+
+
+def test_text_shift_and_text_moved_measure_the_text_encoders_output(tiny_pipeline_dir):
+    from dbtutor.pipeline import text_moved, text_shift
+    base, tuned = load_pipeline(tiny_pipeline_dir), load_pipeline(tiny_pipeline_dir)
+    same, sks = text_shift(base, "a photo of a ball", ["a photo of a ball", "a photo of sks ball"])
+    assert same == 0 and sks > 0
+    sks_id = base.tokenizer("sks", add_special_tokens=False).input_ids
+    with torch.no_grad():                                   # "training" that touched only the identifier's row
+        w = tuned.text_encoder.get_input_embeddings().weight
+        w[sks_id] += torch.randn(w[sks_id].shape, generator=torch.Generator().manual_seed(0))
+    ball, ident = text_moved(base, tuned, ["a photo of a ball", "a photo of sks ball"])
+    assert ball == 0 and ident > 0.01
+    assert text_moved(base, base, "a photo of sks ball") == [0.0]
