@@ -49,7 +49,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_config, tiny_pi
     shutil.copy(sorted(SUBJECT.glob("*.png"))[0], reg / "class_00002.png")   # already there: must be kept, not redone
     shutil.copy(sorted(SUBJECT.glob("*.png"))[1], reg / "mine.png")          # a user's own class image counts too
     common = {"model.data.num_reg_images": 7, "model.data.num_images_per_prompt": 2, "trainer.max_steps": 4,
-              "trainer.checkpoint_every": 2, "optim.warmup_steps": 0, "optim.lr": 1e-3}
+              "trainer.checkpoint_every": 2, "optim.warmup_steps": 0, "optim.lr": 1e-3,
+              "model.train_text_encoder": True}          # both parts' gradients are averaged across processes
     cfg2 = tiny_config(**common, **{"trainer.batch_size": 1, "output_dir": str(tmp_path / "two")})
     OmegaConf.save(cfg2, tmp_path / "two.yaml")
     r = launch(tmp_path / "two.yaml", 2, tmp_path / "log2")

@@ -72,6 +72,7 @@ def test_killed_at_every_stage_then_resumed_equals_an_uninterrupted_run(tmp_path
     config.write_text(f"""output_dir: {out}
 model:
   pretrained: {tiny_pipeline_dir}
+  train_text_encoder: true          # a checkpoint of two parts, to be cut off between them
   sampling: {{num_inference_steps: 2}}
   data:
     instance_dir: {SUBJECT}
