@@ -153,8 +153,8 @@ def markdown(table: dict, keys=SHOWN) -> str:
     return "\n".join(lines)
 
 
-def figure(table: dict, variants: list[str], path: Path, keys=("subject_attr", "subject_sim", "prompt_attr",
-                                                                   "pres_attr", "pres", "div")):
+def figure(table: dict, variants: list[str], path: Path, keys=("bind_attr", "bind_scene", "prompt_attr",
+                                                                   "pres_attr", "class_colors", "subject_sim")):
     """One panel per metric: mean ± std over seeds against the variant, a line per subject, the base model dashed."""
     import matplotlib.pyplot as plt
     from .plots import save_figure
@@ -171,7 +171,7 @@ def figure(table: dict, variants: list[str], path: Path, keys=("subject_attr", "
                 ax.axhline(rows["base"][k][0], ls="--", lw=1, color=line[0].get_color())
         ax.set_xticks(x, [v.replace("prior_w", "λ=").replace("no_prior", "no prior") for v in variants])
         ax.set_title(f"{k} ({METRICS[k][1]} is better)", fontsize=9)
-        if k.endswith("_attr"):                       # shares of samples
+        if k.endswith("_attr") or k in ("bind_scene", "class_colors"):      # shares of samples, an entropy in [0, 1]
             ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
