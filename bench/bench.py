@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from rss import peak_rss_mb                    # bench/rss.py: VmHWM, right in a subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))                  # measure the dbtutor of this tree, whatever `pip install -e` points at
@@ -363,19 +364,6 @@ def bench_memory(args):
             f"(after imports only: {a['setup_mb']:.0f} MB; step {a['step_ms']:.0f} / "
             f"{b['step_ms']:.0f} ms)")
         note(f"peak RSS, batch {B}+{B}: gradient checkpointing off / on", f"{a['peak_mb']:.0f} / {b['peak_mb']:.0f} MB")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. Linux: VmHWM, because ru_maxrss survives exec() and so reports the
-    parent's peak in a child started by subprocess; elsewhere ru_maxrss (KB on Linux, bytes on macOS)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2 ** 20 if sys.platform == "darwin" else r / 1024
 
 
 def child_memory(args):

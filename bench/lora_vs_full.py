@@ -3,12 +3,12 @@
     python bench/lora_vs_full.py [--quick] [--model PATH] [--judge PATH] [--ranks 4,16] [--steps N]
 
 Each variant trains in its own subprocess (so each peak resident memory is its own) with the default config
-(configs/dreambooth.yaml: the shipped subject twotone_ball, prior preservation, text encoder trained), on the same
+(configs/dreambooth.yaml: the shipped subject twotone_ball, prior preservation, text encoder frozen), on the same
 class images and latent cache. Full fine-tuning uses optim.lr of the config; LoRA updates far fewer numbers and
 is usually run with a larger rate (--lora-lr). Then, if dbtutor.evaluate and the judge exist, each trained model
 is scored on the subject (judge back end). From bench/bench.py: `from lora_vs_full import run, format_table`.
 
-Memory is ru_maxrss (peak RSS) of the child; tracemalloc is not used because it sees only Python's allocator,
+Memory is the child's peak RSS (VmHWM on Linux, bench/rss.py: ru_maxrss would report the parent's peak); tracemalloc is not used because it sees only Python's allocator,
 not the tensors. "setup" is the RSS after the imports, before train() loads the model.
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))                  # measure the dbtutor of this tree, whatever `pip install -e` points at
+from rss import peak_rss_mb                    # noqa: E402  (bench/rss.py: VmHWM, right in a subprocess)
 
 
 def default_model() -> Path:
@@ -59,10 +59,10 @@ def child(spec: dict) -> dict:
     from dbtutor.train import train
     from dbtutor import checkpoint as ckpt
     cfg = make_config(spec["model"], Path(spec["work"]), spec["rank"], spec["lr"], spec["steps"], spec["n_class"])
-    setup_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    setup_mb = peak_rss_mb()
     stamps = []
     res = train(cfg, progress=False, callback=lambda rec: stamps.append(time.perf_counter()))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     steps = [b - a for a, b in zip(stamps[2:], stamps[3:])]            # after two warm-up steps
     out = Path(res.output_dir)
     pipe = load_pipeline(spec["model"])                                 # count what train() updated
@@ -157,7 +157,7 @@ def format_table(rows: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["adapter file: pytorch_lora_weights.safetensors (what base + load_lora_weights needs); pipeline: "
              "unet + text_encoder + vae as saved (for LoRA the fused copy); checkpoint: weights + AdamW state of the "
-             "last checkpoint; step: median training step; peak RSS: ru_maxrss of the training process (+ over "
+             "last checkpoint; step: median training step; peak RSS: VmHWM of the training process (+ over "
              "imports only)."]
     if has_m:
         notes.append("metrics (judge; see dbtutor/evaluate.py): subject = share of subject samples judged the "
