@@ -188,3 +188,20 @@ def test_names_are_rare_single_tokens_spread_evenly_over_the_looks_and_never_an_
         assert names[c.split()[3]] == (a.color, a.pattern) and c.split()[4] == a.object and a.color not in c
     look = sample_attrs(rng, look="twotone")
     assert all(c.split()[3] not in names for c in (named_caption(look, rng, by_look, 1.0) for _ in range(20)))
+
+
+def test_the_control_of_the_names_stage_uses_the_same_names_for_any_look():
+    """pretrain --names-meaning random: the same rare words, as often, but no name stands for a look."""
+    import numpy as np
+    from dbtutor.toyworld.names import named_caption, names_by_look, names_without_meaning, world_names
+    from dbtutor.toyworld.world import sample_attrs
+    names = world_names(TOKENIZER)
+    by_look = names_without_meaning(names_by_look(names))
+    assert by_look.keys() == names_by_look(names).keys() and all(v == sorted(names) for v in by_look.values())
+    rng = np.random.default_rng(0)
+    caps = [(a, named_caption(a, rng, by_look, 0.5)) for a in (sample_attrs(rng) for _ in range(400))]
+    named = [(a, c.split()[3]) for a, c in caps if c.split()[3] in names]
+    assert 150 < len(named) < 250
+    assert sum(names[n] != (a.color, a.pattern) for a, n in named) > 0.9 * len(named)     # names mean nothing
+    assert len({n for _, n in named}) > 100                                               # ... and are all used
+

@@ -51,6 +51,13 @@ def names_by_look(names: dict[str, tuple[str, str]]) -> dict[tuple[str, str], li
     return out
 
 
+def names_without_meaning(by_look: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str], list[str]]:
+    """The control of the names stage (`pretrain --names-meaning random`): every look draws from all the names, so
+    captions see the same rare words as often, but a name no longer stands for any look."""
+    every = sorted(n for names in by_look.values() for n in names)
+    return {look: every for look in by_look}
+
+
 def named_caption(a: Attrs, rng: np.random.Generator, by_look: dict, p_name: float = 0.5) -> str:
     """With probability p_name, 'a photo of <name> ball [on the snow]' (the name replaces colour and pattern);
     otherwise the usual attribute caption. Always draws the same number of random numbers."""

@@ -27,7 +27,7 @@ from ..pipeline import sd_layout
 from . import judge as J
 from .models import make_noise_scheduler, make_pipeline_scheduler, make_text_encoder, make_unet, make_vae
 from .tokenizer import prepare_tokenizer
-from .names import named_caption, names_by_look, world_names
+from .names import named_caption, names_by_look, names_without_meaning, world_names
 from .world import LOOKS, Attrs, caption, render, sample_attrs
 
 STAGES = ("render", "judge", "vae", "latents", "unet", "export", "names")   # an index seeds each stage's draws: keep the order
@@ -203,13 +203,15 @@ def min_snr_weight(noise_sched, t, gamma: float) -> torch.Tensor:
 
 
 def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.0, snr_gamma_steps=None, lr=6e-4,
-               stage="unet", start=None, p_name=0.0, warmup=200):
+               stage="unet", start=None, p_name=0.0, warmup=200, names_meaning="fixed"):
     """Text encoder + UNet on the world's latents. stage="names" continues `start` (te, unet) with captions that
-    call objects by their names with probability p_name (see names.py)."""
+    call objects by their names with probability p_name (see names.py); names_meaning="random": by any name."""
     _, attrs = load_set(work / "world")
     te, unet = start if start is not None else (make_text_encoder(), make_unet())
     modules = {"text_encoder": te, "unet": unet}
     by_look = names_by_look(world_names(tokenizer)) if p_name else None
+    if by_look and names_meaning == "random":
+        by_look = names_without_meaning(by_look)
     noise_sched = make_noise_scheduler()
     scale = float(lat["scaling_factor"])
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
@@ -306,6 +308,9 @@ def main(argv=None):
                     help="the names stage: continue text encoder + UNet this many steps with named captions (0: skip)")
     ap.add_argument("--names-lr", type=float, default=2e-4, help="peak learning rate of the names stage (default 2e-4)")
     ap.add_argument("--p-name", type=float, default=0.5, help="share of the names stage's captions that use a name")
+    ap.add_argument("--names-meaning", choices=("fixed", "random"), default="fixed",
+                    help="fixed: a name stands for one look (the shipped weights); random: the control, any name "
+                         "for any object (rare words seen as often, meaning nothing)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
@@ -325,14 +330,17 @@ def main(argv=None):
     if args.names_steps:        # continues what the unet stage ended with: a changed unet stage starts it afresh
         start = {"unet_steps": list(args.unet_steps), "snr_gamma": args.snr_gamma, "unet_lr": args.unet_lr,
                  "snr_gamma_steps": args.snr_gamma_steps, "noise_offset": args.noise_offset}
+        if args.names_meaning != "fixed":        # (the key only when set: the shipped run's marker stays valid)
+            start["names_meaning"] = args.names_meaning
         marker = args.work / "names.start.json"
         if (args.work / "names.ckpt").exists() and (not marker.exists() or json.loads(marker.read_text()) != start):
-            print("[names] the unet stage changed: the names stage starts again")
+            print("[names] the unet stage changed: the names stage starts again")   # (or --names-meaning did)
             (args.work / "names.ckpt").unlink()
         write_json(marker, start)
         torch.manual_seed(args.seed)
         te, unet = stage_unet(args.work, args.seed, args.names_steps, lat, tokenizer, 0.0, args.noise_offset,
-                              None, args.names_lr, stage="names", start=(te, unet), p_name=args.p_name, warmup=100)
+                              None, args.names_lr, stage="names", start=(te, unet), p_name=args.p_name, warmup=100,
+                              names_meaning=args.names_meaning)
     export(args.out, vae, te, unet, tokenizer, float(lat["scaling_factor"]))
     print(f"pretraining done in {(time.time() - t0) / 60:.1f} min")
 
