@@ -334,26 +334,29 @@ def pndm_calls(steps: int) -> int:
 class Budget:
     """What a training configuration needs (GiB), from what earlier children measured where they could:
     the RSS after loading + 12 bytes per trained parameter (gradient + AdamW's two moments, fp32) + activations
-    (and transients: the peak minus the rest, of the nearest configuration measured; else a first guess)."""
+    and transients (a measured peak minus the rest), taken from the nearest configuration measured: the same kind
+    (full or LoRA) and gradient checkpointing, else the other kind with the same checkpointing, else a first guess.
+    The other kind is only a stand-in: LoRA's peak holds no gradients, so its "activations" over-estimate a full
+    fine-tuning's, whose gradients grow while the backward pass frees the activations."""
 
     def __init__(self, n: dict, load_gib: float):
         self.n, self.load = n, load_gib
-        self.activations: dict[bool, float] = {}                      # gc -> measured GiB
-        self.measured_from: dict[bool, str] = {}
+        self.activations: dict[tuple[bool, bool], tuple[float, str]] = {}   # (lora?, gc) -> (GiB, where measured)
 
     def trained(self, lora: int, te: bool) -> int:
         return self.n["lora8"] * lora // 8 if lora else self.n["unet"] + (self.n["text_encoder"] if te else 0)
 
     def need(self, lora: int, gc: bool, te: bool) -> tuple[float, str]:
-        act = self.activations.get(gc, PRIOR_ACTIVATIONS[gc])
-        how = f"activations as measured {self.measured_from[gc]}" if gc in self.activations else \
-            f"a first guess of {act:.0f} GiB of activations"
+        found = self.activations.get((bool(lora), gc)) or self.activations.get((not lora, gc))
+        act, how = (found[0], f"activations as measured {found[1]}") if found else \
+            (PRIOR_ACTIVATIONS[gc], f"a first guess of {PRIOR_ACTIVATIONS[gc]:.0f} GiB of activations")
         return self.load + 12 * self.trained(lora, te) / GIB + act, how
 
     def learn(self, label: str, lora: int, gc: bool, te: bool, peak: float):
-        act = peak - self.load - 12 * self.trained(lora, te) / GIB
-        if gc not in self.activations or act > self.activations[gc]:
-            self.activations[gc], self.measured_from[gc] = max(act, 0.0), f"in {label}"
+        act = max(peak - self.load - 12 * self.trained(lora, te) / GIB, 0.0)
+        key = (bool(lora), gc)
+        if key not in self.activations or act > self.activations[key][0]:
+            self.activations[key] = (act, f"in {label}")
 
 
 def main(argv=None):
@@ -386,7 +389,8 @@ def main(argv=None):
     shutil.rmtree(args.work, ignore_errors=True)
     t0 = time.time()
     say(f"SD v1.5 (random weights): {args.model}, torch {torch.__version__}, {args.threads} thread(s) of "
-        f"{os.cpu_count()} CPUs, {args.resolution} px, load average {os.getloadavg()[0]:.1f}, MemAvailable {mem_available_gib():.1f} GiB")
+        f"{os.cpu_count()} CPUs, {args.resolution} px, load average {os.getloadavg()[0]:.1f}, "
+        f"MemAvailable {mem_available_gib():.1f} GiB")
     rows = []
 
     def row(measure, result, note=""):
@@ -463,7 +467,8 @@ def main(argv=None):
             row(f"one class image at PNDM 50 steps ({calls} UNet calls) + decode, in training steps",
                 f"{per_image / step:.2f} steps", f"{per_image:.0f} s per class image vs {step:.0f} s per step: 200 "
                 f"class images = {200 * per_image / (800 * step) * 100:.0f} % of 800 steps' time")
-    say(f"\n== summary ({time.time() - t0:.0f} s; weights random, SD v1.5 architecture, {args.resolution} px, fp32, batch 1 + 1) ==")
+    say(f"\n== summary ({time.time() - t0:.0f} s; weights random, SD v1.5 architecture, {args.resolution} px, fp32, "
+        "batch 1 + 1) ==")
     say("| measure | result | note |\n|---|---|---|")
     for r in rows:
         say("| " + " | ".join(r) + " |")
