@@ -30,17 +30,24 @@ def image_grid(images, rows: int = 1, row_labels=None, col_labels=None, title=No
     return fig
 
 
+DPI = 110
+
+
 def save_figure(fig, path):
     from .fileio import atomic_path
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 
 
 def save_grid(images, path, rows=1, row_labels=None, col_labels=None, title=None):
-    return save_figure(image_grid(images, rows, row_labels, col_labels, title), path)
+    """image_grid saved to `path`, each cell at least as many pixels wide as its image: Stable Diffusion's 512 px
+    samples keep their resolution (at the default scale they would shrink to about 130 px)."""
+    widest = max((np.asarray(im).shape[1] for im in images), default=0)
+    scale = max(1.2, widest / DPI + 0.3)               # a little more than the image: the margins
+    return save_figure(image_grid(images, rows, row_labels, col_labels, title, scale=scale), path)
 
 
 def loss_curves(histories: dict, smooth: int = 20):

@@ -1,0 +1,41 @@
+"""Stable Diffusion v1.5 at full size, on the meta device (no memory, no compute): counts, shapes, tokenizer."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dbtutor.latent_cache import latent_shape
+from dbtutor.sd15 import MAX_TOKENS, PUBLISHED_PARAMS, build_models, load_tokenizer, parameter_counts
+
+
+@pytest.fixture(scope="module")
+def meta_models():
+    return build_models("meta")
+
+
+def test_parameter_counts_are_the_published_ones(meta_models):
+    assert next(meta_models["unet"].parameters()).device.type == "meta"
+    counts = parameter_counts(meta_models)
+    for name, published in PUBLISHED_PARAMS.items():
+        assert abs(counts[name] - published) <= 0.01 * published, (name, counts[name], published)
+
+
+def test_the_cache_and_the_unet_see_64x64x4_latents_at_512_px(meta_models):
+    vae, unet, te = meta_models["vae"], meta_models["unet"], meta_models["text_encoder"]
+    assert latent_shape(vae, 512) == (4, 64, 64)           # what cache_latents stores per image
+    post = vae.encode(torch.empty(1, 3, 512, 512, device="meta")).latent_dist
+    assert tuple(post.mean.shape) == tuple(post.logvar.shape) == (1, 4, 64, 64)
+    assert vae.config.scaling_factor == 0.18215
+    ids = torch.zeros(2, MAX_TOKENS, dtype=torch.long, device="meta")
+    states = te(ids)[0]
+    assert tuple(states.shape) == (2, 77, 768) == (2, MAX_TOKENS, unet.config.cross_attention_dim)
+    out = unet(torch.empty(2, 4, 64, 64, device="meta"), torch.tensor([1, 999], device="meta"), states).sample
+    assert tuple(out.shape) == (2, 4, 64, 64)
+    assert unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1) == 512   # the pipeline's image size
+
+
+def test_the_shipped_clip_tokenizer_gets_sds_77_tokens():
+    tok = load_tokenizer()
+    ids = tok(["a photo of sks dog"], padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
+    assert tok.model_max_length == MAX_TOKENS and len(ids[0]) == 77
+    assert ids[0][:2] == [49406, 320] and tok.convert_tokens_to_ids("sks</w>") == 48136
