@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))                  # measure the dbtutor of this tree, whatever `pip install -e` points at
-from bench import med, paired_ratio, peak_rss_mb   # noqa: E402  (bench/bench.py)
+from bench import med, paired_ratio      # noqa: E402  (bench/bench.py)
+from rss import peak_rss_mb               # noqa: E402  (bench/rss.py)
 
 GIB = 2 ** 30
 PRIOR_ACTIVATIONS = {False: 10.0, True: 3.0}   # GiB, gc off / on: a first guess until a run has measured them
