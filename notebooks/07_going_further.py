@@ -266,8 +266,10 @@ dbtutor.load_config(ns.config, ns.overrides)                  # and its keys are
 # values in `GPU` above: `PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"`, `SUBJECT_DIR` = a folder
 # of 3-5 photos of your subject (here `data/dog6`, the DreamBooth paper's dog), the identifier and class noun
 # (`sks`, `dog`), `RESOLUTION = 512`. Tips: vary backgrounds and poses in your photos; crop them so the
-# subject fills the centre; 200 class images and 400-800 steps are a good start; full fine-tuning needs
-# about 24 GB, LoRA fits a 16 GB card. The cell below does all of that, only when a CUDA GPU is present.
+# subject fills the centre; 200 class images and 400-800 steps are a good start. Memory (README, estimated
+# from SD v1.5's architecture measured at 512 px on a CPU): LoRA fits a 12 GB card, full fine-tuning in bf16 with
+# gradient checkpointing is tight on 16 GB and comfortable on 24 GB. The cell below does all of that, only when
+# a CUDA GPU is present.
 
 # %%
 gpu_overrides = {
