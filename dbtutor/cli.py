@@ -184,7 +184,9 @@ def main(argv=None):
         cfg = load_config(args.config, args.overrides) if hasattr(args, "overrides") else None
         COMMANDS[args.command](args, cfg)
     except DBTutorError as e:
-        print(f"dbtutor: error: {e}", file=sys.stderr)
+        # one write per line: processes launched together share stderr, and print's two writes could interleave
+        sys.stderr.write(f"dbtutor: error: {e}\n")
+        sys.stderr.flush()
         return 2
     except KeyboardInterrupt:
         print("dbtutor: interrupted; the finished steps are in the last checkpoint, rerun the same command to resume",
