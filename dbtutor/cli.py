@@ -166,13 +166,20 @@ def build_parser():
 def _quiet(command: str):
     """Warnings as one line each, no library chatter (loading bars, advisories); DBTUTOR_DEBUG=1 shows it all."""
     warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.showwarning = lambda message, *a, **k: print(f"dbtutor: warning: {message}", file=sys.stderr)
+    warnings.showwarning = lambda message, *a, **k: _say(f"dbtutor: warning: {message}")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if command in ("train", "generate-reg", "cache", "sample"):
         from diffusers.utils import logging as diffusers_logging
         diffusers_logging.set_verbosity_error()
         diffusers_logging.disable_progress_bar()
+
+
+def _say(line: str):
+    """One line to stderr in one write: processes launched together share stderr, and print's two writes (text,
+    then newline) can interleave with another process's."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def main(argv=None):
@@ -184,13 +191,10 @@ def main(argv=None):
         cfg = load_config(args.config, args.overrides) if hasattr(args, "overrides") else None
         COMMANDS[args.command](args, cfg)
     except DBTutorError as e:
-        # one write per line: processes launched together share stderr, and print's two writes could interleave
-        sys.stderr.write(f"dbtutor: error: {e}\n")
-        sys.stderr.flush()
+        _say(f"dbtutor: error: {e}")
         return 2
     except KeyboardInterrupt:
-        print("dbtutor: interrupted; the finished steps are in the last checkpoint, rerun the same command to resume",
-              file=sys.stderr)
+        _say("dbtutor: interrupted; the finished steps are in the last checkpoint, rerun the same command to resume")
         return 130
     return 0
 
