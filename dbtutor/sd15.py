@@ -1,4 +1,5 @@
-"""Stable Diffusion v1.5's exact architecture, randomly initialised: its published component configs, built offline."""
+"""Stable Diffusion v1.5's architecture, randomly initialised: its published component configs (or a narrow copy of
+the same block layout, for tests), built offline."""
 from __future__ import annotations
 
 import os
@@ -44,17 +45,38 @@ MAX_TOKENS = 77                                       # the tokenizer's model_ma
 PUBLISHED_PARAMS = {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}
 TOKENIZER = ROOT / "data" / "models" / "toyworld" / "tokenizer"   # the real CLIP BPE vocabulary (49,408 tokens)
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+# "small": the same block layout (four UNet levels, cross-attention in the first three, two layers per block; an 8x
+# VAE of four levels; a CLIP text tower), narrow enough to train on a CPU in seconds. Its weights have SD v1.5's
+# key names, so conversions and loaders that work on it work on the real model's layout.
+SMALL = {
+    "unet": {"block_out_channels": (16, 32, 64, 64), "cross_attention_dim": 32, "attention_head_dim": 2,
+             "norm_num_groups": 8, "sample_size": 8},
+    "vae": {"block_out_channels": (16, 32, 64, 64), "norm_num_groups": 8, "sample_size": 64},
+    "text_encoder": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "projection_dim": 32},
+}
+SIZES = ("full", "small")
 
 
-def build_models(device: str | torch.device = "cpu", seed: int = 0) -> dict:
+def configs(size: str = "full") -> dict:
+    """The UNet, VAE and text-encoder configs of `size` ('full': SD v1.5's own; 'small': narrow, same layout)."""
+    if size not in SIZES:
+        raise ConfigError(f"size={size} is not one of {', '.join(SIZES)}")
+    small = SMALL if size == "small" else {"unet": {}, "vae": {}, "text_encoder": {}}
+    return {"unet": {**UNET_CONFIG, **small["unet"]}, "vae": {**VAE_CONFIG, **small["vae"]},
+            "text_encoder": {**TEXT_ENCODER_CONFIG, **small["text_encoder"]}}
+
+
+def build_models(device: str | torch.device = "cpu", seed: int = 0, size: str = "full") -> dict:
     """The UNet, VAE and CLIP text encoder of SD v1.5, randomly initialised from `seed` (the global RNG is left as
     it was). On device 'meta' nothing is allocated: the shapes alone, in a fraction of a second."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
+    c = configs(size)
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        return {"unet": UNet2DConditionModel(**UNET_CONFIG), "vae": AutoencoderKL(**VAE_CONFIG),
-                "text_encoder": CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG)).eval()}
+        return {"unet": UNet2DConditionModel(**c["unet"]), "vae": AutoencoderKL(**c["vae"]),
+                "text_encoder": CLIPTextModel(CLIPTextConfig(**c["text_encoder"])).eval()}
 
 
 def parameter_counts(models: dict) -> dict:
@@ -71,17 +93,17 @@ def load_tokenizer(folder: str | Path = TOKENIZER):
     return CLIPTokenizer.from_pretrained(str(folder), model_max_length=MAX_TOKENS)
 
 
-def build_pipeline(seed: int = 0, tokenizer: str | Path = TOKENIZER):
+def build_pipeline(seed: int = 0, tokenizer: str | Path = TOKENIZER, size: str = "full"):
     """A StableDiffusionPipeline of SD v1.5's architecture, random weights (float32), no safety checker."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
-    models = build_models("cpu", seed)
+    models = build_models("cpu", seed, size)
     return StableDiffusionPipeline(**models, tokenizer=load_tokenizer(tokenizer),
                                    scheduler=PNDMScheduler(**SCHEDULER_CONFIG), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
 
 
 def save_random_pipeline(folder: str | Path, seed: int = 0, dtype: str = "fp16",
-                         tokenizer: str | Path = TOKENIZER) -> dict:
+                         tokenizer: str | Path = TOKENIZER, size: str = "full") -> dict:
     """Build SD v1.5 with random weights and save it into `folder` in the layout dbtutor saves (safetensors, the
     text encoder's keys under text_model., vocab.json + merges.txt), which load_pipeline checks weight by weight.
     `dtype` 'fp16' halves the disk (2.1 GB instead of 4.3 GB); load_pipeline casts to float32 either way.
@@ -92,7 +114,7 @@ def save_random_pipeline(folder: str | Path, seed: int = 0, dtype: str = "fp16",
         raise ConfigError(f"dtype={dtype} is not one of {', '.join(DTYPES)}")
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"{folder} is not empty: delete it or choose another folder")
-    pipe = build_pipeline(seed, tokenizer)
+    pipe = build_pipeline(seed, tokenizer, size)
     counts = parameter_counts({n: getattr(pipe, n) for n in PUBLISHED_PARAMS})
     pipe.to(DTYPES[dtype])
     tmp = folder.with_name(f".{folder.name}.tmp")     # written whole, then renamed: never a half pipeline
@@ -100,7 +122,7 @@ def save_random_pipeline(folder: str | Path, seed: int = 0, dtype: str = "fp16",
     pipe.save_pretrained(tmp, safe_serialization=True)
     sd_layout(tmp)
     (tmp / "README.md").write_text(
-        f"Stable Diffusion v1.5's architecture with RANDOM weights (seed {seed}, {dtype}), made by "
+        f"Stable Diffusion v1.5's architecture ({size} size) with RANDOM weights (seed {seed}, {dtype}), made by "
         "dbtutor.sd15.save_random_pipeline for measuring speed and memory at full size. It draws noise.\n")
     if folder.exists():
         folder.rmdir()                                # empty (checked above)

@@ -39,3 +39,22 @@ def test_the_shipped_clip_tokenizer_gets_sds_77_tokens():
     ids = tok(["a photo of sks dog"], padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
     assert tok.model_max_length == MAX_TOKENS and len(ids[0]) == 77
     assert ids[0][:2] == [49406, 320] and tok.convert_tokens_to_ids("sks</w>") == 48136
+
+
+def test_the_small_pipeline_has_sds_layout_and_loads(tmp_path):
+    """The narrow copy: the same weight names as SD v1.5 (layer for layer where the depth is the same), an 8x VAE,
+    and a folder load_pipeline accepts and samples from at 64 px."""
+    from dbtutor.pipeline import load_pipeline, sample
+    from dbtutor.sd15 import save_random_pipeline
+    full, small = build_models("meta"), build_models("meta", size="small")
+    for part in ("unet", "vae"):
+        assert set(small[part].state_dict()) == set(full[part].state_dict()), part
+    layers = {k for k in full["text_encoder"].state_dict() if ".layers." not in k or ".layers.0." in k
+              or ".layers.1." in k}
+    assert set(small["text_encoder"].state_dict()) == layers
+    counts = save_random_pipeline(tmp_path / "small", dtype="fp32", size="small")
+    assert counts["unet"] < 5_000_000
+    pipe = load_pipeline(tmp_path / "small")
+    assert latent_shape(pipe.vae, 64) == (4, 8, 8)
+    images = sample(pipe, "a photo of sks dog", [0, 1], num_inference_steps=2)
+    assert [im.size for im in images] == [(64, 64), (64, 64)]
