@@ -147,19 +147,20 @@ def bar_chart(values: dict, ylabel: str = "", title=None, fmt: str = "{:.2f}"):
     return fig
 
 
-def sweep_plot(weights, scores: list[dict], title=None):
-    """Subject fidelity and class preservation (1 - class drift) against prior_loss_weight."""
+def sweep_plot(weights, scores: list[dict], title=None, unit: str = "share of samples"):
+    """Subject fidelity and class drift (each a measure.scores dict) against prior_loss_weight."""
     order = np.argsort(weights)
     w = np.asarray(weights, dtype=float)[order]
     fid = np.array([scores[i]["subject_fidelity"] for i in order])
-    keep = 1 - np.array([scores[i]["class_drift"] for i in order])
+    drift = np.array([scores[i]["class_drift"] for i in order])
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(w, fid, "o-", label="subject fidelity ('sks' prompts show the subject)")
-    ax.plot(w, keep, "s-", label="class preservation (bare class keeps its own looks)")
+    ax.plot(w, fid, "o-", label="subject fidelity (subject prompts)")
+    ax.plot(w, drift, "s-", label="class drift (the bare class prompt)")
     ax.set_xlabel("prior_loss_weight (λ)")
+    ax.set_ylabel(unit, fontsize=8)
     ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     ax.set_title(title or "the prior-preservation trade-off", fontsize=10)
     fig.tight_layout()
     return fig

@@ -1,127 +1,17 @@
-"""Notebook helpers: settings, run folders, judge scores, and thin ipywidgets panels over the package's functions.
+"""The course's ipywidgets panels: thin wrappers over the package functions the notebook cells also call.
 
-Every panel calls plain functions (dbtutor.sample, dbtutor.train, dbtutor.generate_regularization, the plots) that
-the notebooks also call directly, so a headless run exercises the same code. Panels write into an
-ipywidgets.Output through its `outputs` state (never `with out:`), which works in JupyterLab, Colab and headless.
+Every panel calls plain functions (dbtutor.sample, dbtutor.train, dbtutor.generate_regularization, the plots; the
+course helpers in dbtutor.course) that the notebooks also call directly, so a headless run exercises the same code.
+Panels write into an ipywidgets.Output through its `outputs` state (never `with out:`), which works in JupyterLab,
+Colab and headless.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 import traceback
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-ENV_PREFIX = "DBTUTOR_NB_"
-
-
-# ----------------------------------------------------------------------------- settings and run folders
-
-def setting(name: str, default):
-    """`default`, unless the environment sets DBTUTOR_NB_<NAME>; parsed to the type of `default`
-    (int, float, bool, str, Path, or a list given as comma-separated values)."""
-    raw = os.environ.get(ENV_PREFIX + name.upper())
-    if raw is None or raw.strip() == "":
-        return default
-    raw = raw.strip()
-    try:
-        if isinstance(default, bool):
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes")
-        if isinstance(default, (list, tuple)):
-            kind = type(default[0]) if default else float
-            return [kind(v.strip()) for v in raw.split(",") if v.strip()]
-        if isinstance(default, Path):
-            return Path(raw)
-        return type(default)(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
-
-
-def model_tag(pretrained) -> str:
-    """A short name for a base model that changes when its weights change (a hub id is used as it is)."""
-    p = Path(str(pretrained)).expanduser()
-    if not p.is_dir():
-        return str(pretrained).replace("/", "--")
-    h = hashlib.sha256()
-    for f in sorted(list(p.rglob("*.safetensors")) + list(p.rglob("*.bin")) + list(p.rglob("*.json"))):
-        h.update(str(f.relative_to(p)).encode())
-        h.update(str(f.stat().st_size).encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(1 << 16))
-    return f"{p.name}-{h.hexdigest()[:8]}"
-
-
-def run_dir(work, cfg) -> Path:
-    """The output folder of a training run, named after everything that defines it (config and base model
-    weights): rerunning with the same settings finds the finished run and resumes it (nothing left to do),
-    other settings get a fresh folder."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    c.pop("output_dir", None)
-    for k in ("progress", "resume", "keep_checkpoints", "wait_for_lock"):     # they do not change what is trained
-        c["trainer"].pop(k, None)
-    c["model"]["pretrained"] = model_tag(cfg.model.pretrained)
-    key = hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    m = cfg.model
-    label = f"prior{m.prior_loss_weight:g}" if m.with_prior_preservation else "noprior"
-    return Path(work) / "runs" / f"{label}-{cfg.trainer.max_steps}steps-{key}"
-
-
-def run_config(overrides: dict, work):
-    """load_config(overrides) with output_dir set to run_dir(work, ...)."""
-    from .config import load_config
-    cfg = load_config(overrides={**overrides, "output_dir": str(Path(work) / "runs" / "_")})
-    cfg.output_dir = str(run_dir(work, cfg))
-    return cfg
-
-
-def train_run(overrides: dict, work, progress: bool = True, callback=None):
-    """dbtutor.train into run_dir(work, ...): trains once, and reuses the finished run when called again."""
-    from .train import train
-    return train(run_config(overrides, work), progress=progress, callback=callback)
-
-
-# ----------------------------------------------------------------------------- plain functions the panels wrap
-
-def sample_rows(pipe, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 5.0,
-                scheduler: str = "dpm") -> list:
-    """For each prompt, one image per seed (the same seeds for every prompt), prompt after prompt."""
-    from .pipeline import sample
-    return sample(pipe, [p for p in prompts for _ in seeds], [int(s) for s in seeds] * len(prompts), steps, guidance,
-                  scheduler)
-
-
-def token_split(tokenizer, text: str) -> list[tuple[str, int]]:
-    """How the tokenizer cuts `text`: (token, id) pairs, without the start and end tokens."""
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    return list(zip(tokenizer.convert_ids_to_tokens(ids), ids))
-
-
-def identifier_report(tokenizer, identifier: str, class_noun: str) -> dict:
-    """The prompts built from an identifier and a class noun, and how each is tokenized."""
-    identifier, class_noun = identifier.strip(), class_noun.strip()
-    article = "an" if class_noun[:1].lower() in "aeiou" and class_noun else "a"
-    instance_prompt = f"a photo of {identifier} {class_noun}"
-    return {"identifier": identifier, "class_noun": class_noun,
-            "identifier_tokens": token_split(tokenizer, identifier),
-            "instance_prompt": instance_prompt, "instance_tokens": token_split(tokenizer, instance_prompt),
-            "class_prompt": f"a photo of {article} {class_noun}"}
-
-
-def judge_scores(judge, subject_images, class_images, look: str) -> dict:
-    """Subject fidelity = share of subject-prompt samples the world's judge sees with the subject's look;
-    class drift = the same share among bare-class samples (0 = the class kept its own looks).
-
-    The one place the notebooks measure drift: swap it for dbtutor.evaluate when that lands."""
-    from .toyworld.judge import predict
-    s = predict(judge, subject_images)["look"] if len(subject_images) else []
-    c = predict(judge, class_images)["look"] if len(class_images) else []
-    share = lambda xs: sum(x == look for x in xs) / len(xs) if xs else float("nan")
-    return {"subject_fidelity": share(s), "class_drift": share(c)}
+from .course import identifier_report, sample_rows, train_run
 
 
 # ----------------------------------------------------------------------------- panels
@@ -188,7 +78,7 @@ def _guarded(out, status, button, fn):
 
 
 def sampler_panel(pipe, prompt: str, seed: int = 0, num: int = 4, guidance: float = 5.0, steps: int = 20,
-                  scheduler: str = "dpm", draw: bool = True):
+                  scheduler: str = "dpm", draw: bool = True, batch_size: int = 25):
     """Prompt, seed, guidance scale and steps -> dbtutor.sample -> an image grid."""
     from .plots import image_grid
     w = _widgets()
@@ -203,7 +93,7 @@ def sampler_panel(pipe, prompt: str, seed: int = 0, num: int = 4, guidance: floa
     def run():
         seeds = list(range(seed_w.value, seed_w.value + num_w.value))
         status.value = f"sampling {len(seeds)} images..."
-        images = sample_rows(pipe, [text.value], seeds, steps_w.value, g_w.value, scheduler)
+        images = sample_rows(pipe, [text.value], seeds, steps_w.value, g_w.value, scheduler, batch_size)
         show_figure(out, image_grid(images, 1, col_labels=[f"seed {s}" for s in seeds],
                                     title=f"{text.value!r}, guidance {g_w.value:g}, {steps_w.value} steps"))
         status.value = f"{len(seeds)} images"
@@ -281,11 +171,13 @@ def reg_images_panel(overrides: dict, folder, pipe=None, num: int = 24, show: in
 
 def prior_weight_panel(overrides: dict, work, prompts: list[str], seeds: list[int], reference: dict,
                        weight: float = 1.0, steps: int = 300, sampler_steps: int = 20, guidance: float = 5.0,
-                       judge=None, look: str | None = None, draw: bool = True):
+                       measure=None, draw: bool = True, scheduler: str = "dpm", batch_size: int = 25,
+                       prepare=None):
     """prior_loss_weight and steps -> dbtutor.train (into run_dir) -> the same prompts and seeds redrawn
-    next to `reference` ({'base': images, 'without prior': images}), with the judge's scores.
+    next to `reference` ({'base': images, 'without prior': images}), with `measure`'s scores (dbtutor.measure).
 
-    prompts = [subject prompt, bare class prompt]; `overrides` is the with-prior run's config."""
+    prompts = [subject prompt, bare class prompt]; `overrides` is the with-prior run's config; `prepare(pipe)`
+    readies the trained pipeline for sampling (e.g. Course.ready: the sampling device and dtype)."""
     from .plots import comparison_grid
     w = _widgets()
     weight_w = w.FloatSlider(value=weight, min=0.0, max=3.0, step=0.1, description="prior_loss_weight",
@@ -309,15 +201,17 @@ def prior_weight_panel(overrides: dict, work, prompts: list[str], seeds: list[in
         res = train_run(ov, work, progress=False, callback=tick)
         bar.value = n
         status.value = "sampling..."
-        images = sample_rows(res.pipe, prompts, seeds, sampler_steps, guidance)
+        pipe = prepare(res.pipe) if prepare else res.pipe
+        images = sample_rows(pipe, prompts, seeds, sampler_steps, guidance, scheduler, batch_size)
+        del pipe
         del res
         name = f"with prior, λ={lam:g}, {n} steps"
         show_figure(out, comparison_grid({**reference, name: images}, prompts, len(seeds)))
-        if judge is not None and look:
+        if measure is not None:
             k = len(seeds)
-            s = judge_scores(judge, images[:k], images[k:2 * k], look)
-            _html(out, f"judge: subject fidelity {s['subject_fidelity']:.2f}, class drift {s['class_drift']:.2f} "
-                       f"(share of samples with the subject's look, {k} per prompt)")
+            s = measure.scores(images[:k], images[k:2 * k])
+            _html(out, f"{measure.kind}: subject fidelity {s['subject_fidelity']:.2f}, class drift "
+                       f"{s['class_drift']:.2f} ({measure.unit}, {k} per prompt)")
         status.value = name
 
     handler = _guarded(out, status, button, run)
@@ -329,6 +223,4 @@ def prior_weight_panel(overrides: dict, work, prompts: list[str], seeds: list[in
     return box
 
 
-__all__ = ["setting", "model_tag", "run_dir", "run_config", "train_run", "sample_rows", "token_split",
-           "identifier_report", "judge_scores", "show_figure", "sampler_panel", "identifier_panel",
-           "reg_images_panel", "prior_weight_panel"]
+__all__ = ["show_figure", "sampler_panel", "identifier_panel", "reg_images_panel", "prior_weight_panel"]

@@ -1,110 +1,55 @@
 # %% [markdown]
 # # 04 · Regularization images
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dbtutor/dbtutor/blob/main/notebooks/04_regularization_images.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/) (upload this notebook: File → Upload notebook; its first code cell brings in the course)
 #
-# Prior preservation needs examples of the class *as the base model draws it*: the regularization (class)
-# images. They are generated once, before training, from the class prompt; during training the model must
-# keep predicting their noise as it did, while it learns the subject.
+# Prior preservation needs examples of the class as the base model draws it: the **regularization** (or
+# **class**) images. We generate them once with the base model, from the class prompt without the
+# identifier ("a photo of a ball"), and mix them into every training batch.
 
 # %% [markdown]
 # ## What you will learn
 #
-# - what class images are and how `dbtutor.generate_regularization` makes them (NeMo's contract: only what is missing, up to `num_reg_images`)
-# - that each class image depends only on its index and the seed, so a folder can be filled in pieces
-# - what they contain: the class prior, counted by the judge
-# - how many to make and what they cost (a `num_reg_images` slider)
+# - how a class image is made (a seeded sample of the class prompt), by hand and with `dbtutor.generate_regularization`
+# - NeMo's rule (fill `regularization_dir` until it holds `num_reg_images`), and what dbtutor adds (exact count, atomic files, resumable, the folder remembers its model and prompt)
+# - what the class images contain, in pictures and in numbers
+# - how many to make, and what they cost
 
 # %%
-# Colab only: fetch the course and install it. Elsewhere nothing happens (install once with `pip install -e .`).
+# Colab only: bring in the course and install it. Elsewhere nothing happens (install once: `pip install -e .`).
 import sys
 
 if "google.colab" in sys.modules:
-    import importlib.metadata
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/dbtutor"):
-        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/dbtutor/dbtutor", "/content/dbtutor"],
-                       check=True)
-    keep = f"torch=={importlib.metadata.version('torch')}"   # Colab's own CUDA torch: never a multi-GB reinstall
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/dbtutor", keep], check=True)
-    sys.path.insert(0, "/content/dbtutor")      # the running kernel sees the package without a restart
-    from google.colab import output
-    output.enable_custom_widget_manager()        # ipywidgets 8 in Colab
+    import importlib.metadata, os, subprocess  # noqa: E401
+    REPO = ""  # the course's git URL (tools/set_repo_url.py sets it); empty: upload dbtutor.zip or use Drive
+    if not os.path.isdir("/content/dbtutor") and (REPO or os.path.isfile("/content/dbtutor.zip")):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, "/content/dbtutor"] if REPO else
+                       ["unzip", "-q", "/content/dbtutor.zip", "-d", "/content"], check=True)
+    HOME = "/content/dbtutor" if os.path.isdir("/content/dbtutor") else "/content/drive/MyDrive/dbtutor"
+    if not os.path.isfile(f"{HOME}/pyproject.toml"):
+        raise SystemExit("dbtutor: upload dbtutor.zip (the course folder, zipped) to /content, keep the course in Drive "
+                         "as MyDrive/dbtutor (mount Drive first), or set REPO above; then run this cell again")
+    torch_pin = f"torch=={importlib.metadata.version('torch')}"  # keep Colab's CUDA torch: no multi-GB reinstall
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", HOME, torch_pin], check=True)
+    sys.path.insert(0, HOME)  # the running kernel sees the package without a restart
 
 # %% tags=["parameters"]
-# Parameters: every setting of this notebook. To move to Stable Diffusion v1.5 on a GPU with your own photos,
-# edit this cell only (see 07_going_further). Settings that cost time can also be changed without editing, from
-# the environment: DBTUTOR_NB_<NAME>=value (e.g. DBTUTOR_NB_MAX_STEPS=50; the names are listed next to them);
-# DBTUTOR_PRETRAINED, DBTUTOR_JUDGE and DBTUTOR_NB_WORK replace the paths.
-import os
-from pathlib import Path
-
-import torch
-
-import dbtutor
-from dbtutor.widgets import model_tag, setting
-
-# the base model: the embedded toy world, small enough for a CPU.
-# On a GPU: PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-PRETRAINED = os.environ.get("DBTUTOR_PRETRAINED") or dbtutor.ROOT / "data/models/toyworld"
-JUDGE_DIR = Path(os.environ.get("DBTUTOR_JUDGE") or dbtutor.ROOT / "data/models/toyworld-judge")  # toy world only
-# the subject: a few images of one object, its identifier and its class noun
-# (SD v1.5: dbtutor.ROOT / "data/dog6", "sks", "dog", RESOLUTION = 512)
-SUBJECT_DIR = dbtutor.ROOT / "data/subjects/twotone_ball"
-IDENTIFIER, CLASS_NOUN = "sks", "ball"
-INSTANCE_PROMPT = f"a photo of {IDENTIFIER} {CLASS_NOUN}"        # model.data.instance_prompt
-CLASS_PROMPT = f"a photo of a {CLASS_NOUN}"                      # model.data.regularization_prompt
-PROMPTS = [f"a photo of {IDENTIFIER} {CLASS_NOUN} on the snow", CLASS_PROMPT]   # the subject elsewhere; the bare class
-RESOLUTION = 64                                                  # model.data.resolution
-# training (DBTUTOR_NB_MAX_STEPS, DBTUTOR_NB_PRIOR_LOSS_WEIGHT, DBTUTOR_NB_NUM_REG_IMAGES)
-MAX_STEPS = setting("MAX_STEPS", 500)
-PRIOR_LOSS_WEIGHT = setting("PRIOR_LOSS_WEIGHT", 1.0)
-NUM_REG_IMAGES = setting("NUM_REG_IMAGES", 200)
-LR = 1e-4
-TRAIN_TEXT_ENCODER = False                                       # model.train_text_encoder (07 compares)
-SEED = 0
-# sampling: the same seeds for every model, so differences come from training alone
-# (DBTUTOR_NB_SAMPLES_PER_PROMPT, DBTUTOR_NB_SAMPLER_STEPS)
-SAMPLES_PER_PROMPT = setting("SAMPLES_PER_PROMPT", 8)
-SEEDS = list(range(1000, 1000 + SAMPLES_PER_PROMPT))
-SAMPLER_STEPS = setting("SAMPLER_STEPS", 20)
-GUIDANCE = 5.0
-# everything this notebook writes goes under WORK (gitignored, shared by the notebooks; delete it to start over)
-WORK = Path(os.environ.get("DBTUTOR_NB_WORK") or dbtutor.ROOT / "work/notebooks")
-REG_DIR = WORK / "reg" / f"{CLASS_NOUN}-{model_tag(PRETRAINED)}"   # class images of this base model
-# this notebook: how many class images the slider panel starts with (it uses its own folder)
-EXPLORE_REG_IMAGES = setting("EXPLORE_REG_IMAGES", 8)
-# device and dtype, picked automatically
-DEVICE = dbtutor.pick_device()
-DTYPE = torch.float16 if DEVICE.type == "cuda" else torch.float32
-PRECISION = "16" if DEVICE.type == "cuda" else "32"               # trainer.precision
-print(f"base model {PRETRAINED} on {DEVICE} ({DTYPE}); results in {WORK}")
+# Parameters. PROFILE sets every default at once: "toy" (the embedded model: any CPU, minutes) or "sd15" (Stable
+# Diffusion v1.5 at 512 px with the DreamBooth paper's dog or your photos: a GPU). None = DBTUTOR_PROFILE, else an
+# earlier notebook's choice, else "toy". A setting left None takes the profile's value (in brackets); set it to change.
+PROFILE = None
+SUBJECT_DIR = None        # your own photos: a folder of 3-5 images of one subject
+CLASS_NOUN = None         # what they show: "dog", "backpack", ... (toy ball, sd15 dog)
+WORK_ON_DRIVE = False     # Colab: keep class images and runs in Google Drive, across notebooks and disconnects
+# this notebook
+NUM_REG_IMAGES = None     # model.data.num_reg_images (toy 200, sd15 50)
+EXPLORE_REG_IMAGES = 8    # how many class images the slider panel starts with (it uses its own folder)
 
 # %%
-overrides = {
-    "model.pretrained": str(PRETRAINED),
-    "model.data.instance_dir": str(SUBJECT_DIR),
-    "model.data.instance_prompt": INSTANCE_PROMPT,
-    "model.data.regularization_dir": str(REG_DIR),
-    "model.data.regularization_prompt": CLASS_PROMPT,
-    "model.data.num_reg_images": NUM_REG_IMAGES,
-    "model.data.resolution": RESOLUTION,
-    "model.with_prior_preservation": True,
-    "model.prior_loss_weight": PRIOR_LOSS_WEIGHT,
-    "model.train_text_encoder": TRAIN_TEXT_ENCODER,
-    "model.sampling.num_inference_steps": SAMPLER_STEPS,
-    "model.sampling.guidance_scale": GUIDANCE,
-    "optim.lr": LR,
-    "trainer.max_steps": MAX_STEPS,
-    "trainer.seed": SEED,
-    "trainer.precision": PRECISION,
-    "trainer.device": DEVICE.type,
-    "trainer.checkpoint_every": 0,
-}
+from dbtutor import course
 
-cfg = dbtutor.load_config(overrides={**overrides, "output_dir": str(WORK / "runs" / "unused")})
+C = course.setup(PROFILE, drive=WORK_ON_DRIVE, subject_dir=SUBJECT_DIR, class_noun=CLASS_NOUN,
+                 num_reg_images=NUM_REG_IMAGES)
 
 # %% [markdown]
 # ## 1. One class image, by hand
@@ -116,12 +61,14 @@ cfg = dbtutor.load_config(overrides={**overrides, "output_dir": str(WORK / "runs
 import matplotlib.pyplot as plt
 import numpy as np
 
+import dbtutor
 from dbtutor.plots import image_grid
 from dbtutor.regularization import PATTERN, count_images, reg_seed
 
-pipe = dbtutor.load_pipeline(PRETRAINED, device=DEVICE, dtype=DTYPE)
+cfg = dbtutor.load_config(overrides={**C.overrides, "output_dir": str(C.work / "runs" / "unused")})
+pipe = C.load_pipeline()
 s = cfg.model.sampling
-first = dbtutor.sample(pipe, CLASS_PROMPT, reg_seed(SEED, 0), s.num_inference_steps, s.guidance_scale,
+first = dbtutor.sample(pipe, C.class_prompt, reg_seed(C.seed, 0), s.num_inference_steps, s.guidance_scale,
                        scheduler=s.scheduler)[0]
 
 # %% [markdown]
@@ -134,59 +81,76 @@ first = dbtutor.sample(pipe, CLASS_PROMPT, reg_seed(SEED, 0), s.num_inference_st
 # %%
 import time
 
-before = count_images(REG_DIR)
+before = count_images(C.reg_dir)
 t0 = time.perf_counter()
 written = dbtutor.generate_regularization(cfg, pipe)
 seconds = time.perf_counter() - t0
-print(f"{REG_DIR} held {before}; generated {len(written)} in {seconds:.1f} s; now {count_images(REG_DIR)}")
-assert count_images(REG_DIR) >= NUM_REG_IMAGES
+print(f"{C.reg_dir} held {before}; generated {len(written)} in {seconds:.1f} s; now {count_images(C.reg_dir)}")
+assert count_images(C.reg_dir) >= C.num_reg_images
 
 again = dbtutor.generate_regularization(cfg, pipe)
 print(f"second call: generated {len(again)} (the folder is full)")
 assert not again
 
-saved = np.asarray(dbtutor.load_image(REG_DIR / PATTERN.format(0)))
+saved = np.asarray(dbtutor.load_image(C.reg_dir / PATTERN.format(0)))
 diff = np.abs(saved.astype(int) - np.asarray(first).astype(int)).mean()
 print(f"image 0 by hand vs {PATTERN.format(0)}: mean pixel difference {diff:.2f} (batching only)")
 assert diff < 2
 
+# %% [markdown]
+# NeMo only counts files, so after you swap or retrain the base model (or edit the class prompt) it would train
+# against the old class images. The folder here remembers which weights (hashed) and which prompt made its images;
+# anything else is refused in one line, before a single image is added:
+
 # %%
-paths = sorted(REG_DIR.glob("class_*.png"))
+import json
+
+from dbtutor.regularization import PROVENANCE
+
+print(json.dumps(json.loads((C.reg_dir / PROVENANCE).read_text()), indent=1))
+other = dbtutor.load_config(overrides={**C.overrides, "model.data.regularization_prompt": f"a photo of two {C.class_noun}s",
+                                       "output_dir": str(C.work / "runs" / "unused")})
+try:
+    dbtutor.generate_regularization(other, pipe)
+except dbtutor.DataError as e:
+    print("refused:", e)
+assert count_images(C.reg_dir) == C.num_reg_images       # nothing was added or removed
+
+# %%
+paths = sorted(C.reg_dir.glob("class_*.png"))
 shown = [dbtutor.load_image(p) for p in paths[:24]]
-image_grid(shown, rows=max(1, len(shown) // 8), title=f"{CLASS_PROMPT!r}: {len(shown)} of {len(paths)} class images")
+image_grid(shown, rows=max(1, len(shown) // 8), title=f"{C.class_prompt!r}: {len(shown)} of {len(paths)} class images")
 plt.show()
 
 # %% [markdown]
 # ## 3. What the class images contain
-
-# %%
-# The toy world's judge names the object, colour, pattern, scene and "look" of an image; the subject's look
-# ("twotone" for the ball) never occurs in the base world, so counting it measures what training changed.
-from dbtutor.toyworld.judge import load_judge, predict
-from dbtutor.toyworld.subjects import load_subject
-
-LOOK = load_subject(SUBJECT_DIR)["look"] if (SUBJECT_DIR / "subject.json").exists() else None
-judge = load_judge(JUDGE_DIR) if LOOK else None      # a real photo subject (dog6) has no judge
-print("subject look:", LOOK)
+#
+# The course's measuring stick (01): on the toy world the judge reads each image's attributes and whether it shows
+# the subject's look (it never should: the base world has no such look); on real photos DINOv2 tells how much each
+# class image resembles the subject photos, the level that class drift starts from.
 
 # %%
 from dbtutor.plots import attribute_bars
 
-if judge is not None:
-    seen = predict(judge, [dbtutor.load_image(p) for p in paths])
-    attribute_bars(seen, title=f"{len(paths)} class images, as the judge sees them")
+M = C.measure()
+class_images = [dbtutor.load_image(p) for p in paths]
+if M is not None:
+    print(f"{len(paths)} class images: {M.share(class_images):.2f} ({M.unit})")
+if M is not None and M.kind == "judge":
+    from dbtutor.toyworld.judge import predict
+    attribute_bars(predict(M.judge, class_images), title=f"{len(paths)} class images, as the judge sees them")
     plt.show()
-    print(f"with the subject's look: {sum(x == LOOK for x in seen['look'])} of {len(paths)}")
 
 # %% [markdown]
-# This spread of colours, patterns and scenes is the prior that training must keep. If the class images were
-# all alike, the model could only preserve that one kind of ball.
+# This spread of colours, patterns and scenes (or breeds, poses and places) is the prior that training must keep.
+# If the class images were all alike, the model could only preserve that one kind of ball.
 #
 # ## 4. How many?
 #
 # More class images cover more of the prior, and cost more to generate (once); training cost per step does
-# not change. NeMo's example config uses 10; diffusers' DreamBooth script defaults to 100. With few images, the
-# prior half of each batch keeps repeating the same examples. What they cost on this machine:
+# not change. NeMo's example config uses 10; diffusers' DreamBooth documentation uses 200 with 800 steps; the
+# paper generates about 1,000. With few images, the prior half of each batch keeps repeating the same examples.
+# What they cost on this machine:
 
 # %%
 per_image = seconds / max(len(written), 1) if written else None
@@ -200,13 +164,13 @@ else:
 # ## 5. Play
 #
 # Move the slider and press the button: the panel calls `generate_regularization` with that `num_reg_images`
-# on a separate folder (so the training notebooks keep using exactly `NUM_REG_IMAGES`), and shows it. Going
+# on a separate folder (so the training notebooks keep using exactly `num_reg_images`), and shows it. Going
 # down generates nothing: a folder that holds enough is left alone.
 
 # %%
 from dbtutor.widgets import reg_images_panel
 
-reg_images_panel(overrides, WORK / "reg" / f"{REG_DIR.name}-explore", pipe, num=EXPLORE_REG_IMAGES)
+reg_images_panel(C.overrides, C.work / "reg" / f"{C.reg_dir.name}-explore", pipe, num=EXPLORE_REG_IMAGES)
 
 # %% [markdown]
 # **Next:** [05 · Training with prior preservation](05_training_with_prior_preservation.ipynb).

@@ -1,154 +1,105 @@
 # %% [markdown]
 # # 06 · With and without prior preservation
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dbtutor/dbtutor/blob/main/notebooks/06_with_and_without_prior.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/) (upload this notebook: File → Upload notebook; its first code cell brings in the course)
 #
-# Fine-tune on five photos of one ball and the model may start to believe that *every* ball looks like it:
-# **language drift** (the class word drifts toward the subject). The prior-preservation loss is the cure.
-# Here we train with and without it, and compare the same prompts and seeds side by side.
+# The point of the prior-preservation loss is to stop **language drift**: fine-tuned on "a photo of sks ball"
+# alone, the model starts to draw the subject for *every* ball. Here we train the same subject twice, with and
+# without the class half of the loss, and compare what each model draws for the same prompts and seeds.
 
 # %% [markdown]
 # ## What you will learn
 #
-# - language drift: without prior preservation, "a photo of a ball" turns into the subject
-# - its cure: with prior preservation, the class keeps its variety while the subject is learned
-# - how `prior_loss_weight` trades subject fidelity against class preservation (a sweep)
-# - retraining with another weight and steps from a widget, and seeing the result
+# - what language drift looks like: the bare class prompt taken over by the subject
+# - that the prior-preservation loss prevents it, at the same number of steps and learning rate
+# - how `prior_loss_weight` (λ) trades subject fidelity against keeping the class, measured
+# - a panel to retrain with another λ and see the result next to the others
 
 # %%
-# Colab only: fetch the course and install it. Elsewhere nothing happens (install once with `pip install -e .`).
+# Colab only: bring in the course and install it. Elsewhere nothing happens (install once: `pip install -e .`).
 import sys
 
 if "google.colab" in sys.modules:
-    import importlib.metadata
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/dbtutor"):
-        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/dbtutor/dbtutor", "/content/dbtutor"],
-                       check=True)
-    keep = f"torch=={importlib.metadata.version('torch')}"   # Colab's own CUDA torch: never a multi-GB reinstall
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/dbtutor", keep], check=True)
-    sys.path.insert(0, "/content/dbtutor")      # the running kernel sees the package without a restart
-    from google.colab import output
-    output.enable_custom_widget_manager()        # ipywidgets 8 in Colab
+    import importlib.metadata, os, subprocess  # noqa: E401
+    REPO = ""  # the course's git URL (tools/set_repo_url.py sets it); empty: upload dbtutor.zip or use Drive
+    if not os.path.isdir("/content/dbtutor") and (REPO or os.path.isfile("/content/dbtutor.zip")):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, "/content/dbtutor"] if REPO else
+                       ["unzip", "-q", "/content/dbtutor.zip", "-d", "/content"], check=True)
+    HOME = "/content/dbtutor" if os.path.isdir("/content/dbtutor") else "/content/drive/MyDrive/dbtutor"
+    if not os.path.isfile(f"{HOME}/pyproject.toml"):
+        raise SystemExit("dbtutor: upload dbtutor.zip (the course folder, zipped) to /content, keep the course in Drive "
+                         "as MyDrive/dbtutor (mount Drive first), or set REPO above; then run this cell again")
+    torch_pin = f"torch=={importlib.metadata.version('torch')}"  # keep Colab's CUDA torch: no multi-GB reinstall
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", HOME, torch_pin], check=True)
+    sys.path.insert(0, HOME)  # the running kernel sees the package without a restart
 
 # %% tags=["parameters"]
-# Parameters: every setting of this notebook. To move to Stable Diffusion v1.5 on a GPU with your own photos,
-# edit this cell only (see 07_going_further). Settings that cost time can also be changed without editing, from
-# the environment: DBTUTOR_NB_<NAME>=value (e.g. DBTUTOR_NB_MAX_STEPS=50; the names are listed next to them);
-# DBTUTOR_PRETRAINED, DBTUTOR_JUDGE and DBTUTOR_NB_WORK replace the paths.
-import os
-from pathlib import Path
-
-import torch
-
-import dbtutor
-from dbtutor.widgets import model_tag, setting
-
-# the base model: the embedded toy world, small enough for a CPU.
-# On a GPU: PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-PRETRAINED = os.environ.get("DBTUTOR_PRETRAINED") or dbtutor.ROOT / "data/models/toyworld"
-JUDGE_DIR = Path(os.environ.get("DBTUTOR_JUDGE") or dbtutor.ROOT / "data/models/toyworld-judge")  # toy world only
-# the subject: a few images of one object, its identifier and its class noun
-# (SD v1.5: dbtutor.ROOT / "data/dog6", "sks", "dog", RESOLUTION = 512)
-SUBJECT_DIR = dbtutor.ROOT / "data/subjects/twotone_ball"
-IDENTIFIER, CLASS_NOUN = "sks", "ball"
-INSTANCE_PROMPT = f"a photo of {IDENTIFIER} {CLASS_NOUN}"        # model.data.instance_prompt
-CLASS_PROMPT = f"a photo of a {CLASS_NOUN}"                      # model.data.regularization_prompt
-PROMPTS = [f"a photo of {IDENTIFIER} {CLASS_NOUN} on the snow", CLASS_PROMPT]   # the subject elsewhere; the bare class
-RESOLUTION = 64                                                  # model.data.resolution
-# training (DBTUTOR_NB_MAX_STEPS, DBTUTOR_NB_PRIOR_LOSS_WEIGHT, DBTUTOR_NB_NUM_REG_IMAGES)
-MAX_STEPS = setting("MAX_STEPS", 500)
-PRIOR_LOSS_WEIGHT = setting("PRIOR_LOSS_WEIGHT", 1.0)
-NUM_REG_IMAGES = setting("NUM_REG_IMAGES", 200)
-LR = 1e-4
-TRAIN_TEXT_ENCODER = False                                       # model.train_text_encoder (07 compares)
-SEED = 0
-# sampling: the same seeds for every model, so differences come from training alone
-# (DBTUTOR_NB_SAMPLES_PER_PROMPT, DBTUTOR_NB_SAMPLER_STEPS)
-SAMPLES_PER_PROMPT = setting("SAMPLES_PER_PROMPT", 8)
-SEEDS = list(range(1000, 1000 + SAMPLES_PER_PROMPT))
-SAMPLER_STEPS = setting("SAMPLER_STEPS", 20)
-GUIDANCE = 5.0
-# everything this notebook writes goes under WORK (gitignored, shared by the notebooks; delete it to start over)
-WORK = Path(os.environ.get("DBTUTOR_NB_WORK") or dbtutor.ROOT / "work/notebooks")
-REG_DIR = WORK / "reg" / f"{CLASS_NOUN}-{model_tag(PRETRAINED)}"   # class images of this base model
-# this notebook: prior_loss_weight values of the sweep (DBTUTOR_NB_SWEEP_WEIGHTS=0,0.3,1);
-# λ=0 is the run without prior preservation (see below), λ=PRIOR_LOSS_WEIGHT the run of 05
-SWEEP_WEIGHTS = setting("SWEEP_WEIGHTS", [0.0, 0.3, 1.0])
-# device and dtype, picked automatically
-DEVICE = dbtutor.pick_device()
-DTYPE = torch.float16 if DEVICE.type == "cuda" else torch.float32
-PRECISION = "16" if DEVICE.type == "cuda" else "32"               # trainer.precision
-print(f"base model {PRETRAINED} on {DEVICE} ({DTYPE}); results in {WORK}")
+# Parameters. PROFILE sets every default at once: "toy" (the embedded model: any CPU, minutes) or "sd15" (Stable
+# Diffusion v1.5 at 512 px with the DreamBooth paper's dog or your photos: a GPU). None = DBTUTOR_PROFILE, else an
+# earlier notebook's choice, else "toy". A setting left None takes the profile's value (in brackets); set it to change.
+PROFILE = None
+SUBJECT_DIR = None        # your own photos: a folder of 3-5 images of one subject
+CLASS_NOUN = None         # what they show: "dog", "backpack", ... (toy ball, sd15 dog)
+WORK_ON_DRIVE = False     # Colab: keep class images and runs in Google Drive, across notebooks and disconnects
+# this notebook
+MAX_STEPS = None          # trainer.max_steps of every run (toy 500, sd15 400)
+PRIOR_LOSS_WEIGHT = None  # λ of the run with prior preservation (toy 1.0, sd15 1.0)
+SAMPLES_PER_PROMPT = None # images per prompt (toy 8, sd15 4)
+SWEEP_WEIGHTS = [0.0, 0.3, 1.0]   # λ values of the sweep: 0 is the run without prior preservation
 
 # %%
-overrides = {
-    "model.pretrained": str(PRETRAINED),
-    "model.data.instance_dir": str(SUBJECT_DIR),
-    "model.data.instance_prompt": INSTANCE_PROMPT,
-    "model.data.regularization_dir": str(REG_DIR),
-    "model.data.regularization_prompt": CLASS_PROMPT,
-    "model.data.num_reg_images": NUM_REG_IMAGES,
-    "model.data.resolution": RESOLUTION,
-    "model.with_prior_preservation": True,
-    "model.prior_loss_weight": PRIOR_LOSS_WEIGHT,
-    "model.train_text_encoder": TRAIN_TEXT_ENCODER,
-    "model.sampling.num_inference_steps": SAMPLER_STEPS,
-    "model.sampling.guidance_scale": GUIDANCE,
-    "optim.lr": LR,
-    "trainer.max_steps": MAX_STEPS,
-    "trainer.seed": SEED,
-    "trainer.precision": PRECISION,
-    "trainer.device": DEVICE.type,
-    "trainer.checkpoint_every": 0,
-}
+from dbtutor import course
+
+C = course.setup(PROFILE, drive=WORK_ON_DRIVE, subject_dir=SUBJECT_DIR, class_noun=CLASS_NOUN,
+                 max_steps=MAX_STEPS, prior_loss_weight=PRIOR_LOSS_WEIGHT, samples_per_prompt=SAMPLES_PER_PROMPT)
+
+# %%
 import matplotlib.pyplot as plt
 
-from dbtutor.plots import comparison_grid, image_grid, loss_curves, save_figure, sweep_plot
-from dbtutor.widgets import judge_scores, run_config, sample_rows, train_run
+import dbtutor
+from dbtutor.plots import comparison_grid, loss_curves, save_figure, sweep_plot
 
 # %% [markdown]
 # ## 1. The base model, before training
 
 # %%
-base = dbtutor.load_pipeline(PRETRAINED, device=DEVICE, dtype=DTYPE)
-samples = {"base model": sample_rows(base, PROMPTS, SEEDS, SAMPLER_STEPS, GUIDANCE)}
+base = C.load_pipeline()
+samples = {"base model": C.sample_rows(base, C.prompts)}
 del base
+course.free_memory()
 
 # %% [markdown]
 # ## 2. Train without and with prior preservation
 #
 # The two runs differ in one key, `model.with_prior_preservation`. Everything else (steps, learning rate,
-# seed, the text encoder frozen) is the same. `train_run` calls `dbtutor.train` with an output folder
+# seed, the text encoder frozen) is the same. `C.train` calls `dbtutor.train` with an output folder
 # named after the config: the run with prior preservation is the one 05 made, found and reused if it exists.
 
 # %%
-without = dbtutor.train(run_config({**overrides, "model.with_prior_preservation": False}, WORK))
-samples["without prior preservation"] = sample_rows(without.pipe, PROMPTS, SEEDS, SAMPLER_STEPS, GUIDANCE)
+WITH = f"with prior preservation (λ={C.prior_loss_weight:g})"
+without = C.train({"model.with_prior_preservation": False})
+samples["without prior preservation"] = C.sample_rows(C.ready(without.pipe), C.prompts)
 without.pipe = None
-with_prior = train_run(overrides, WORK)
-samples[f"with prior preservation (λ={PRIOR_LOSS_WEIGHT:g})"] = sample_rows(with_prior.pipe, PROMPTS, SEEDS,
-                                                                             SAMPLER_STEPS, GUIDANCE)
+with_prior = C.train()
+samples[WITH] = C.sample_rows(C.ready(with_prior.pipe), C.prompts)
 with_prior.pipe = None
+course.free_memory()
 
 # %% [markdown]
 # ## 3. Side by side
 #
 # Same prompts, same seeds, three models. Top row: the subject in a new context. Bottom row: the bare class.
-# Look for the bottom row of the middle block: without prior preservation the balls become the two-tone
+# Look for the bottom row of the middle block: without prior preservation the class samples become the
 # subject. With it, they keep the base model's variety.
 
 # %%
-fig = comparison_grid(samples, PROMPTS, len(SEEDS), title=f"{MAX_STEPS} steps each; same prompts and seeds")
-save_figure(fig, WORK / "figures" / "with_and_without_prior.png")   # closes the figure; shown below
+fig = comparison_grid(samples, C.prompts, len(C.seeds), title=f"{C.max_steps} steps each; same prompts and seeds")
+save_figure(fig, C.work / "figures" / "with_and_without_prior.png")   # closes the figure; shown below
 from IPython.display import Image, display
-display(Image(filename=str(WORK / "figures" / "with_and_without_prior.png")))
+display(Image(filename=str(C.work / "figures" / "with_and_without_prior.png")))
 
 # %%
-loss_curves({"without prior preservation": without.history,
-             f"with prior preservation (λ={PRIOR_LOSS_WEIGHT:g})": with_prior.history})
+loss_curves({"without prior preservation": without.history, WITH: with_prior.history})
 plt.show()
 
 # %% [markdown]
@@ -157,59 +108,54 @@ plt.show()
 #
 # ## 4. Measuring drift
 #
-# The judge tells us which samples show the subject's look. First by hand, for the bare class prompt:
+# The course's measuring stick (01) on each model's two rows: subject fidelity of the subject row, and class drift
+# of the class row (judge: the share of class samples showing the subject's look; DINOv2: their similarity to the
+# subject photos, read against the base model's). By hand for the class row first, then `M.scores`:
 
 # %%
-# The toy world's judge names the object, colour, pattern, scene and "look" of an image; the subject's look
-# ("twotone" for the ball) never occurs in the base world, so counting it measures what training changed.
-from dbtutor.toyworld.judge import load_judge, predict
-from dbtutor.toyworld.subjects import load_subject
+from dbtutor.measure import report
 
-LOOK = load_subject(SUBJECT_DIR)["look"] if (SUBJECT_DIR / "subject.json").exists() else None
-judge = load_judge(JUDGE_DIR) if LOOK else None      # a real photo subject (dog6) has no judge
-print("subject look:", LOOK)
-
-# %%
-k = len(SEEDS)
-if judge is not None:
+M = C.measure()
+k = len(C.seeds)
+if M is not None:
     for name, images in samples.items():
-        looks = predict(judge, images[k:])["look"]                    # the bare-class row
-        print(f"{name:32s} {CLASS_PROMPT!r}: {looks.count(LOOK)} of {k} samples look like the subject")
-    scores = {name: judge_scores(judge, images[:k], images[k:], LOOK) for name, images in samples.items()}
+        print(f"{name:34s} {C.class_prompt!r}: {M.share(images[k:]):.2f} ({M.unit})")
+    scores = {name: M.scores(images[:k], images[k:]) for name, images in samples.items()}
     for name, s in scores.items():
-        assert abs(s["class_drift"] - predict(judge, samples[name][k:])["look"].count(LOOK) / k) < 1e-9
-        print(f"{name:32s} subject fidelity {s['subject_fidelity']:.2f}   class drift {s['class_drift']:.2f}")
+        assert abs(s["class_drift"] - M.share(samples[name][k:])) < 1e-6
+        print(report(name, s))
 
 # %% [markdown]
 # ## 5. The `prior_loss_weight` sweep
 #
 # λ scales the class half of the loss. λ = 0 gives the class half no gradient at all, so it *is* training
-# without prior preservation (the same instance draws and updates, up to rounding): we reuse that run. Larger λ holds the class
-# more firmly, and can slow down learning the subject.
+# without prior preservation (the same instance draws and updates, up to rounding): we reuse that run. Larger λ
+# holds the class more firmly, and can slow down learning the subject.
 
 # %%
 sweep = {}
 for w in SWEEP_WEIGHTS:
     if w == 0:
         name = "without prior preservation"
-    elif w == PRIOR_LOSS_WEIGHT:
-        name = f"with prior preservation (λ={PRIOR_LOSS_WEIGHT:g})"
+    elif w == C.prior_loss_weight:
+        name = WITH
     else:
         name = f"λ={w:g}"
-        run = train_run({**overrides, "model.prior_loss_weight": w}, WORK)
-        samples[name] = sample_rows(run.pipe, PROMPTS, SEEDS, SAMPLER_STEPS, GUIDANCE)
+        run = C.train({"model.prior_loss_weight": w})
+        samples[name] = C.sample_rows(C.ready(run.pipe), C.prompts)
         del run
+        course.free_memory()
     sweep[w] = samples[name]
-if judge is not None:
-    sweep_scores = [judge_scores(judge, sweep[w][:k], sweep[w][k:], LOOK) for w in SWEEP_WEIGHTS]
+if M is not None:
+    sweep_scores = [M.scores(sweep[w][:k], sweep[w][k:]) for w in SWEEP_WEIGHTS]
     for w, s in zip(SWEEP_WEIGHTS, sweep_scores):
-        print(f"λ={w:<4g} subject fidelity {s['subject_fidelity']:.2f}   class preservation {1 - s['class_drift']:.2f}")
-    sweep_plot(SWEEP_WEIGHTS, sweep_scores, title=f"{MAX_STEPS} steps, {k} samples per prompt")
+        print(report(f"λ={w:g}", s))
+    sweep_plot(SWEEP_WEIGHTS, sweep_scores, title=f"{C.max_steps} steps, {k} samples per prompt", unit=M.unit)
     plt.show()
 
 # %% [markdown]
-# With few samples per prompt each point is coarse (steps of 1/8); raise `SAMPLES_PER_PROMPT` and add weights
-# to `SWEEP_WEIGHTS` for a smoother curve.
+# With few samples per prompt each point is coarse (judge: steps of 1/8 at 8 samples); raise `SAMPLES_PER_PROMPT`
+# and add weights to `SWEEP_WEIGHTS` for a smoother curve.
 #
 # ## 6. Play: retrain and redraw
 #
@@ -221,8 +167,9 @@ if judge is not None:
 from dbtutor.widgets import prior_weight_panel
 
 reference = {"base model": samples["base model"], "without prior preservation": samples["without prior preservation"]}
-prior_weight_panel(overrides, WORK, PROMPTS, SEEDS, reference, weight=PRIOR_LOSS_WEIGHT, steps=MAX_STEPS,
-                   sampler_steps=SAMPLER_STEPS, guidance=GUIDANCE, judge=judge, look=LOOK)
+prior_weight_panel(C.overrides, C.work, C.prompts, C.seeds, reference, weight=C.prior_loss_weight,
+                   steps=C.max_steps, sampler_steps=C.sampler_steps, guidance=C.guidance, measure=M,
+                   scheduler=C.scheduler, batch_size=C.sample_batch, prepare=C.ready)
 
 # %% [markdown]
 # **Next:** [07 · Going further](07_going_further.ipynb): the text encoder, LoRA, several GPUs, and Stable

@@ -63,3 +63,26 @@ def tiny_config(tiny_pipeline_dir, tmp_path):
         base.update(overrides)
         return load_config(overrides=base)
     return make
+
+
+def save_tiny_encoders(root: Path) -> Path:
+    """A tiny random CLIP (with the real tokenizer) in root/clip and DINOv2 in root/dino: the clip back end's
+    code path, offline."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, Dinov2Config, Dinov2Model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        clip = CLIPModel(CLIPConfig(
+            text_config=dict(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, max_position_embeddings=77),
+            vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=32, patch_size=8), projection_dim=8))
+        clip.save_pretrained(root / "clip")
+        CLIPTokenizer.from_pretrained(TOKENIZER).save_pretrained(root / "clip")
+        Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2,
+                                 image_size=32, patch_size=8)).save_pretrained(root / "dino")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_encoders(tmp_path_factory):
+    return save_tiny_encoders(tmp_path_factory.mktemp("encoders"))

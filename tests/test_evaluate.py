@@ -169,23 +169,6 @@ def test_trained_judge_reads_the_subject_and_the_class():
 
 # ----------------------------------------------------------------------------- clip back end
 
-@pytest.fixture(scope="module")
-def tiny_encoders(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, Dinov2Config, Dinov2Model
-    root = tmp_path_factory.mktemp("encoders")
-    torch.manual_seed(0)
-    clip = CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8), projection_dim=8))
-    clip.save_pretrained(root / "clip")
-    CLIPTokenizer.from_pretrained(TOKENIZER).save_pretrained(root / "clip")
-    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, image_size=32,
-                             patch_size=8)).save_pretrained(root / "dino")
-    return root
-
-
 def test_to_pixels_resizes_crops_and_normalises():
     x = E.to_pixels([Image.new("RGB", (40, 20), (255, 0, 128))], 16, 18, E.CLIP_MEAN, E.CLIP_STD)
     assert x.shape == (1, 3, 16, 16)

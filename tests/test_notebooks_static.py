@@ -10,11 +10,25 @@ from pathlib import Path
 
 import pytest
 
+ROOT_ = Path(__file__).resolve().parent.parent
+
+
+def _load_tool():
+    """tools/set_repo_url.py as a module (tools/ is no package)."""
+    import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location("tools_set_repo_url", ROOT_ / "tools" / "set_repo_url.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["tools_set_repo_url"] = module
+    spec.loader.exec_module(module)
+
+
+_load_tool()
+
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 NAME = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
-COLAB = "https://colab.research.google.com/github/dbtutor/dbtutor/blob/main/notebooks/{}"
 
 
 def load(path: Path) -> dict:
@@ -49,10 +63,9 @@ def test_no_outputs_and_no_execution_counts(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_required_opening_cells(path):
     cells = load(path)["cells"]
-    title, learn, install, params = cells[:4]
+    title, learn, install, params, setup = cells[:5]
     assert title["cell_type"] == "markdown" and text(title).startswith("# "), f"{path.name}: cell 0 is the title"
-    assert COLAB.format(path.name) in text(title) and "colab-badge.svg" in text(title), \
-        f"{path.name}: the title needs an Open in Colab badge linking to this notebook"
+    assert "colab-badge.svg" in text(title), f"{path.name}: the title needs an Open in Colab badge"
     assert learn["cell_type"] == "markdown" and "What you will learn" in text(learn)
     src = text(install)
     assert install["cell_type"] == "code" and 'if "google.colab" in sys.modules:' in src, \
@@ -65,11 +78,55 @@ def test_required_opening_cells(path):
     tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert tagged == [3], f"{path.name}: exactly one parameters cell (found at {tagged})"
     p = text(params)
-    for name in ("PRETRAINED", "SUBJECT_DIR", "INSTANCE_PROMPT", "CLASS_PROMPT", "MAX_STEPS", "PRIOR_LOSS_WEIGHT",
-                 "NUM_REG_IMAGES", "SEEDS", "WORK", "DEVICE", "DTYPE"):
-        assert re.search(rf"^{name}\b.*=", p, re.M), f"{path.name}: the parameters cell must set {name}"
-    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in p
-    assert "dbtutor.pick_device()" in p
+    for name in ("PROFILE", "SUBJECT_DIR", "CLASS_NOUN", "WORK_ON_DRIVE"):
+        assert re.search(rf"^{name} = ", p, re.M), f"{path.name}: the parameters cell must set {name}"
+    assert "course.setup(PROFILE, drive=WORK_ON_DRIVE" in text(setup), f"{path.name}: cell 4 calls course.setup"
+
+
+def _params(cell_text: str) -> dict:
+    """NAME -> (value source, comment) of each top-level assignment in a parameters cell."""
+    out = {}
+    for line in cell_text.splitlines():
+        m = re.match(r"^([A-Z][A-Z0-9_]*) = (.*?)(?:\s+# (.*))?$", line)
+        if m:
+            out[m.group(1)] = (m.group(2), m.group(3) or "")
+    return out
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_setting_the_cell_leaves_to_the_profile_reaches_setup_and_says_its_values(path):
+    """A setting set to None in the parameters cell is passed to course.setup under its own name, and its comment
+    gives each profile's value as dbtutor.course.PROFILES has it ("by GPU" where a GPU decides)."""
+    from dbtutor.course import GPU_KEYS, PROFILES
+    cells = load(path)["cells"]
+    params, setup = _params(text(cells[3])), text(cells[4])
+    for name, (value, comment) in params.items():
+        if value != "None" or name in ("PROFILE", "SUBJECT_DIR"):
+            continue
+        key = name.lower()
+        assert f"{key}={name}" in setup, f"{path.name}: {name} = None must reach course.setup({key}={name})"
+        m = re.search(r"\(toy ([^,]+), sd15 ([^)]+)\)", comment)
+        assert m, f"{path.name}: {name}'s comment must say its values: (toy X, sd15 Y)"
+        for profile, said in zip(("toy", "sd15"), m.groups()):
+            if said == "by GPU":
+                assert profile == "sd15" and key in GPU_KEYS.values()
+                continue
+            assert said == str(PROFILES[profile][key]), f"{path.name}: {name} is {PROFILES[profile][key]} in {profile}"
+
+
+def _code_lines(cell) -> list[str]:
+    return [ln for ln in text(cell).splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_shared_setup_is_under_a_quarter_of_the_code(path):
+    """The shared setup, the install cell and the course.setup call (paths, device, profile, Drive, measuring
+    are package calls), is under a quarter of a notebook's code lines: the rest is what it teaches. (The
+    parameters cell between them is the notebook's settings, shown on purpose.)"""
+    code = [c for c in load(path)["cells"] if c["cell_type"] == "code"]
+    setup = len(_code_lines(code[0])) + len(_code_lines(code[2]))
+    total = sum(len(_code_lines(c)) for c in code)
+    assert setup / total < 0.25, f"{path.name}: setup is {setup} of {total} code lines"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -82,37 +139,93 @@ def test_code_cells_parse(path):
                 pytest.fail(f"{path.name} cell {i}: {e}")
 
 
-def test_colab_install_cell_keeps_the_preinstalled_torch(monkeypatch):
-    """In Colab the cell installs dbtutor with the torch already there pinned: pip never swaps it for another build."""
-    import importlib.metadata
+def _run_install_cell(monkeypatch, present: set[str]):
+    """Execute notebook 01's install cell as Colab would, with `present` the paths that exist (git clone and unzip
+    make /content/dbtutor); returns the subprocess commands it ran."""
+    import os
     import subprocess
     import sys
     import types
     calls = []
-    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+
+    def run(cmd, **kw):
+        calls.append(cmd)
+        if cmd[0] in ("git", "unzip"):
+            present.update({"/content/dbtutor", "/content/dbtutor/pyproject.toml"})
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(os.path, "isfile", lambda p: str(p) in present)
+    monkeypatch.setattr(os.path, "isdir", lambda p: str(p) in present)
     colab = types.ModuleType("google.colab")
     colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: None)
     monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
     monkeypatch.setitem(sys.modules, "google.colab", colab)
     monkeypatch.setattr(sys, "path", list(sys.path))
     exec(text(load(NOTEBOOKS[0])["cells"][2]), {})
+    return calls
+
+
+def test_colab_install_cell_keeps_the_preinstalled_torch(monkeypatch):
+    """With the course in /content/dbtutor the cell installs it with the torch already there pinned: pip never
+    swaps Colab's CUDA build for another."""
+    import importlib.metadata
+    calls = _run_install_cell(monkeypatch, {"/content/dbtutor", "/content/dbtutor/pyproject.toml"})
     pip = [c for c in calls if c[1:4] == ["-m", "pip", "install"]]
     assert len(pip) == 1 and "/content/dbtutor" in pip[0]
     assert f"torch=={importlib.metadata.version('torch')}" in pip[0]
+    assert not [c for c in calls if "clone" in c]
+
+
+def test_colab_install_cell_without_the_course_clones_nothing_and_says_what_to_do(monkeypatch):
+    """No repository URL set (pyproject.toml) and no course uploaded: no clone of anybody's repository, no pip,
+    one line naming the three ways in."""
+    from tools_set_repo_url import read_url
+    assert read_url() == "", "this test is for the state without a URL"
+    with pytest.raises(SystemExit) as e:
+        _run_install_cell(monkeypatch, set())
+    msg = str(e.value)
+    assert "\n" not in msg and "dbtutor.zip" in msg and "Drive" in msg and "REPO" in msg
+
+
+def test_colab_install_cell_unpacks_an_uploaded_zip(monkeypatch):
+    calls = _run_install_cell(monkeypatch, {"/content/dbtutor.zip"})
+    assert calls[0][:2] == ["unzip", "-q"] and any(c[1:4] == ["-m", "pip", "install"] for c in calls)
+
+
+def test_badges_and_install_cells_follow_the_one_repository_url(tmp_path):
+    """pyproject.toml's [project.urls] Repository is the one place: each badge and each install cell's REPO agree
+    with it, and no notebook names any other repository. tools/set_repo_url.py rewrites both files of a pair."""
+    import shutil
+    from tools_set_repo_url import badge, read_url, update_notebooks, write_url
+    url = read_url()
+    for path in NOTEBOOKS:
+        cells = load(path)["cells"]
+        assert badge(url, path.name)[2:] in text(cells[0]), f"{path.name}: badge does not follow pyproject.toml"
+        assert f'REPO = "{url}"' in text(cells[2]), f"{path.name}: REPO does not follow pyproject.toml"
+        if not url:
+            assert "github.com" not in path.read_text(encoding="utf-8"), f"{path.name} names a repository"
+    folder, pyproject = tmp_path / "notebooks", tmp_path / "pyproject.toml"
+    shutil.copytree(NB_DIR, folder)
+    shutil.copy(ROOT / "pyproject.toml", pyproject)
+    write_url("https://github.com/someone/dbtutor", pyproject)
+    assert read_url(pyproject) == "https://github.com/someone/dbtutor"
+    assert len(update_notebooks("https://github.com/someone/dbtutor", folder)) == len(NOTEBOOKS)
+    nb = load(folder / NOTEBOOKS[0].name)
+    assert "colab.research.google.com/github/someone/dbtutor/blob/main/notebooks/" in text(nb["cells"][0])
+    assert 'REPO = "https://github.com/someone/dbtutor"' in text(nb["cells"][2])
+    assert "REPO = \"https://github.com/someone/dbtutor\"" in (folder / NOTEBOOKS[0].with_suffix(".py").name).read_text()
+    write_url("", pyproject)
+    assert read_url(pyproject) == "" and "[project.urls]" not in pyproject.read_text()
 
 
 def test_notebooks_write_only_under_the_work_folder():
-    """Paths the notebooks write are built from WORK (ROOT/work/notebooks by default, gitignored)."""
+    """Paths the notebooks write are built from C.work (WORK: work/notebooks by default, gitignored, or Drive)."""
     gitignore = (ROOT / ".gitignore").read_text().split()
     assert "work/" in gitignore
     for path in NOTEBOOKS:
         src = "\n".join(text(c) for c in load(path)["cells"] if c["cell_type"] == "code")
-        assert 'dbtutor.ROOT / "work/notebooks"' in src
-        for m in re.finditer(r'"(?:output_dir|model\.data\.regularization_dir)":\s*([^,\n}]+)', src):
-            assert "WORK" in m.group(1) or "REG_DIR" in m.group(1), f"{path.name}: {m.group(0)} is not under WORK"
         for m in re.finditer(r"\.(?:save|write_text|write_bytes|mkdir)\(|save_figure\(|shutil\.(?:copy|rmtree)\(", src):
             line = src[src.rfind("\n", 0, m.start()) + 1: src.find("\n", m.end())]
-            assert any(w in line for w in ("WORK", "demo_paths", "image_dir", "CACHE_DEMO")), \
+            assert any(w in line for w in ("C.work", "demo_paths", "image_dir", "CACHE_DEMO")), \
                 f"{path.name}: writes outside WORK? {line.strip()}"
 
 
@@ -176,29 +289,13 @@ def test_saving_in_jupyterlab_writes_both_files_and_keeps_the_cell_ids(tmp_path)
     assert "# An added sentence." in (folder / name).with_suffix(".py").read_text(encoding="utf-8")
 
 
-def _overrides_block(cells: list[str]) -> str | None:
-    """The training config dict `overrides = {...}` of a notebook (from its opening line to its closing brace)."""
-    for src in cells:
-        m = re.search(r"^overrides = \{\n.*?^\}$", src, re.M | re.S)
-        if m:
-            return m.group(0)
-    return None
-
-
 def test_cells_the_notebooks_share_are_identical():
-    """The guarded Colab install cell, the parameters cell's head and tail in all; the training overrides where they
-    are (a run made in one notebook is found by the next only with the very same config); the judge cell."""
+    """The guarded Colab install cell, and the parameters cell's head (the profile, the photos, the class noun,
+    Drive); the training config itself comes from dbtutor.course, so every notebook trains the same runs."""
     cells = {p.name[:2]: [text(c) for c in load(p)["cells"]] for p in NOTEBOOKS}
     ref = cells["01"]
-    head = ref[3][: ref[3].index("\n", ref[3].index("\nREG_DIR = ") + 1) + 1]
-    tail = ref[3][ref[3].index("# device and dtype, picked automatically"):]
+    head = ref[3][: ref[3].index("# this notebook")]
     for nb, cs in cells.items():
         assert cs[2] == ref[2], f"notebook {nb}: the Colab install cell differs from 01's (they must be identical)"
-        assert cs[3].startswith(head), f"notebook {nb}: the parameters cell must start as 01's does, up to REG_DIR"
-        assert cs[3].endswith(tail), f"notebook {nb}: the parameters cell must end as 01's does (device and dtype)"
-    blocks = {nb: _overrides_block(cs) for nb, cs in cells.items()}
-    assert sorted(nb for nb, b in blocks.items() if b) == ["02", "04", "05", "06", "07"]
-    assert len({b for b in blocks.values() if b}) == 1, "the `overrides = {...}` dicts differ between notebooks"
-    judge = {nb: [c for c in cs if c.startswith("# The toy world's judge")] for nb, cs in cells.items()}
-    assert sorted(nb for nb, js in judge.items() if js) == ["01", "04", "05", "06"]
-    assert len({j for js in judge.values() for j in js}) == 1, "the judge cells differ between notebooks"
+        assert cs[3].startswith(head), f"notebook {nb}: the parameters cell must start as 01's does"
+        assert "overrides = {" not in "\n".join(cs), f"notebook {nb}: training configs come from C.overrides"

@@ -1,0 +1,329 @@
+"""The course's shared setup: a profile (toy or sd15) sets every default; work folder, device, runs, measuring."""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from .config import ROOT
+from .errors import ConfigError
+
+ENV_PREFIX, PROFILE_ENV = "DBTUTOR_NB_", "DBTUTOR_PROFILE"
+CHOICE_FILE = "course.json"      # in WORK: the profile, photos and class noun a notebook chose, for the next ones
+DRIVE_WORK = Path("/content/drive/MyDrive/dbtutor/work")
+# Every setting of the course. "toy": the embedded model on any CPU. "sd15": Stable Diffusion v1.5 on a GPU with
+# the DreamBooth paper's dog, at the settings of diffusers' DreamBooth documentation (lr, guidance) made to fit a
+# free Colab session (LoRA, fewer class images and steps: see the README's Colab section); on a GPU the memory
+# settings (LoRA or full fine-tuning, precision, lr) come from dbtutor.memory.gpu_settings for the card found.
+PROFILES = {
+    "toy": dict(
+        pretrained=ROOT / "data/models/toyworld", subject_dir=ROOT / "data/subjects/twotone_ball",
+        identifier="sks", class_noun="ball", scene="on the snow", colour="red", resolution=64,
+        max_steps=500, lr=1e-4, prior_loss_weight=1.0, train_text_encoder=False, seed=0,
+        num_reg_images=200, num_images_per_prompt=25,
+        lora_rank=0, gradient_checkpointing=False, use_8bit_adam=False, save_merged=True, checkpoint_every=0,
+        samples_per_prompt=8, sampler_steps=20, guidance=5.0, scheduler="dpm", sample_batch=25),
+    "sd15": dict(
+        pretrained="stable-diffusion-v1-5/stable-diffusion-v1-5", subject_dir=ROOT / "data/dog6",
+        identifier="sks", class_noun="dog", scene="on the beach", colour="black", resolution=512,
+        max_steps=400, lr=1e-4, prior_loss_weight=1.0, train_text_encoder=False, seed=0,
+        num_reg_images=50, num_images_per_prompt=4,
+        lora_rank=16, gradient_checkpointing=True, use_8bit_adam=False, save_merged=False, checkpoint_every=100,
+        samples_per_prompt=4, sampler_steps=25, guidance=7.5, scheduler="dpm", sample_batch=4),
+}
+# the keys gpu_settings() decides on a CUDA machine, as config key -> setting
+GPU_KEYS = {"model.lora.rank": "lora_rank", "model.gradient_checkpointing": "gradient_checkpointing",
+            "optim.use_8bit_adam": "use_8bit_adam", "optim.lr": "lr"}
+
+
+def setting(name: str, default):
+    """`default`, unless the environment sets DBTUTOR_NB_<NAME>; parsed to the type of `default`
+    (int, float, bool, str, Path, or a list given as comma-separated values)."""
+    raw = os.environ.get(ENV_PREFIX + name.upper())
+    if raw is None or raw.strip() == "":
+        return default
+    raw = raw.strip()
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+        if isinstance(default, (list, tuple)):
+            kind = type(default[0]) if default else float
+            return [kind(v.strip()) for v in raw.split(",") if v.strip()]
+        if isinstance(default, Path):
+            return Path(raw)
+        return type(default)(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
+
+
+def quiet_libraries():
+    """Silence library noise that tells a learner nothing, at its source: loading progress bars, the advice to
+    install torchvision (the course never needs it) and diffusers' note on casting with .to(). Hub download bars
+    and every other warning still show."""
+    from diffusers.utils import logging as dl
+    from transformers.utils import logging as tl
+    dl.disable_progress_bar()
+    tl.disable_progress_bar()
+    noise = re.compile(r"requires torchvision|should be kept in float32: \[\]")
+    for name in ("transformers", "diffusers"):
+        log = logging.getLogger(name)
+        if not any(getattr(f, "dbtutor", False) for f in log.filters):
+            f = logging.Filter()
+            f.filter = lambda record: not noise.search(record.getMessage())
+            f.dbtutor = True
+            log.addFilter(f)
+            for h in log.handlers:
+                h.addFilter(f)
+
+
+class Course:
+    """One profile's settings, readable as attributes (C.max_steps), with what the notebooks derive from them."""
+
+    def __init__(self, profile: str, settings: dict, sources: dict, work: Path, device: torch.device,
+                 dtype: torch.dtype):
+        self.profile, self.settings, self.sources = profile, settings, sources
+        self.work, self.device, self.dtype = work, device, dtype
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__["settings"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def instance_prompt(self) -> str:
+        return f"a photo of {self.identifier} {self.class_noun}"
+
+    @property
+    def class_prompt(self) -> str:
+        article = "an" if self.class_noun[:1].lower() in "aeiou" else "a"
+        return f"a photo of {article} {self.class_noun}"
+
+    @property
+    def prompts(self) -> list[str]:
+        """The subject somewhere new, and the bare class: the two rows every comparison shows."""
+        return [f"{self.instance_prompt} {self.scene}", self.class_prompt]
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(1000, 1000 + self.samples_per_prompt))
+
+    @property
+    def precision(self) -> str:
+        """trainer.precision: the GPU's choice (gpu_settings), else 32."""
+        return self.settings.get("precision", "32")
+
+    @property
+    def reg_dir(self) -> Path:
+        noun = re.sub(r"[^a-z0-9]+", "-", self.class_noun.lower()).strip("-") or "class"
+        return self.work / "reg" / f"{noun}-{model_tag(self.pretrained)}"
+
+    @property
+    def overrides(self) -> dict:
+        """The training config of this course (dotted keys): every notebook trains from it, so a run one notebook
+        made is found by the next (its output folder is named after the whole config, see run_dir)."""
+        return {
+            "model.pretrained": str(self.pretrained), "model.data.instance_dir": str(self.subject_dir),
+            "model.data.instance_prompt": self.instance_prompt, "model.data.regularization_dir": str(self.reg_dir),
+            "model.data.regularization_prompt": self.class_prompt, "model.data.num_reg_images": self.num_reg_images,
+            "model.data.num_images_per_prompt": self.num_images_per_prompt,
+            "model.data.resolution": self.resolution, "model.with_prior_preservation": True,
+            "model.prior_loss_weight": self.prior_loss_weight, "model.train_text_encoder": self.train_text_encoder,
+            "model.lora.rank": self.lora_rank, "model.lora.save_merged": self.save_merged,
+            "model.gradient_checkpointing": self.gradient_checkpointing,
+            "model.sampling.num_inference_steps": self.sampler_steps, "model.sampling.guidance_scale": self.guidance,
+            "model.sampling.scheduler": self.scheduler, "optim.lr": self.lr,
+            **({"optim.use_8bit_adam": True} if self.use_8bit_adam else {}),
+            "trainer.max_steps": self.max_steps, "trainer.seed": self.seed, "trainer.precision": self.precision,
+            "trainer.device": self.device.type, "trainer.checkpoint_every": self.checkpoint_every,
+        }
+
+    def load_pipeline(self, pretrained=None):
+        """The base model (or `pretrained`) for sampling: fp16 on a GPU, float32 on a CPU (DBTUTOR_NB_DTYPE)."""
+        from .pipeline import load_pipeline
+        return load_pipeline(pretrained or self.pretrained, device=self.device, dtype=self.dtype)
+
+    def ready(self, pipe):
+        """A trained pipeline (train() returns it in float32) moved to this course's device and sampling dtype."""
+        return pipe.to(self.device, self.dtype)
+
+    def sample_rows(self, pipe, prompts: list[str], seeds: list[int] | None = None) -> list:
+        """For each prompt, one image per seed (the same seeds for every prompt), at this course's sampler."""
+        return sample_rows(pipe, prompts, self.seeds if seeds is None else seeds, self.sampler_steps, self.guidance,
+                           self.scheduler, self.sample_batch)
+
+    def train(self, changes: dict | None = None, progress: bool = True, callback=None):
+        """dbtutor.train on this course's config (plus `changes`), into run_dir: a finished run is reused."""
+        return train_run({**self.overrides, **(changes or {})}, self.work, progress=progress, callback=callback)
+
+    def measure(self):
+        """The course's measuring stick for this subject: the toy world's judge, or CLIP + DINOv2 (None, said in
+        one line, where their weights cannot be loaded)."""
+        from .measure import measurer
+        return measurer(self.subject_dir, device=self.device)
+
+    def table(self) -> str:
+        names = ("pretrained", "subject_dir", "class_noun", "resolution", "max_steps", "lr", "lora_rank",
+                 "num_reg_images", "prior_loss_weight", "samples_per_prompt", "sampler_steps", "guidance")
+        rows = [f"  {n:18s} {self.settings[n]!s:52s} {self.sources.get(n, 'profile')}" for n in names]
+        return "\n".join(rows)
+
+
+def free_memory():
+    """Give back what deleted pipelines held (the GPU keeps freed blocks cached until asked)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _remembered(work: Path) -> dict:
+    try:
+        return json.loads((work / CHOICE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _mount_drive() -> Path:
+    if "google.colab" not in sys.modules:
+        print("WORK_ON_DRIVE: not in Colab, so WORK stays on this machine")
+        return None
+    from google.colab import drive
+    drive.mount("/content/drive")
+    return DRIVE_WORK
+
+
+def settings(profile: str | None = None, work: Path | None = None, **cell) -> Course:
+    """Every setting of the course: the profile's defaults, then DBTUTOR_NB_<NAME> from the environment, then the
+    values a notebook's parameters cell sets (None = not set). The profile is the argument, else DBTUTOR_PROFILE,
+    else the one an earlier notebook chose (remembered in WORK/course.json), else "toy". Writes nothing."""
+    work = Path(work or os.environ.get(ENV_PREFIX + "WORK") or ROOT / "work/notebooks")
+    remembered = _remembered(work)
+    name = profile or os.environ.get(PROFILE_ENV) or remembered.get("profile") or "toy"
+    if name not in PROFILES:
+        raise ConfigError(f"profile {name!r} is not one of {', '.join(PROFILES)} (PROFILE or {PROFILE_ENV})")
+    unknown = sorted(set(cell) - set(PROFILES[name]))
+    if unknown:
+        raise ConfigError(f"{unknown[0]!r} is no setting of the course; the settings are "
+                          f"{', '.join(sorted(PROFILES[name]))}")
+    from .pipeline import pick_device
+    device = pick_device()
+    values, sources = dict(PROFILES[name]), {}
+    if device.type == "cuda" and name != "toy":
+        from .memory import gpu_settings
+        gpu = gpu_settings()
+        values["precision"], values["gpu_why"] = gpu["trainer.precision"], gpu["why"]
+        for key, setting_name in GPU_KEYS.items():
+            values[setting_name], sources[setting_name] = gpu[key], "this GPU"
+    if os.environ.get("DBTUTOR_PRETRAINED"):
+        values["pretrained"], sources["pretrained"] = os.environ["DBTUTOR_PRETRAINED"], "DBTUTOR_PRETRAINED"
+    for key in ("subject_dir", "class_noun"):
+        if remembered.get(key) and remembered.get("profile") == name and cell.get(key) is None:
+            values[key], sources[key] = remembered[key], "an earlier notebook"
+    for key, default in PROFILES[name].items():
+        got = setting(key, default)
+        if got != default:
+            values[key], sources[key] = got, "environment"
+    for key, v in cell.items():
+        if v is not None:
+            values[key], sources[key] = v, "this notebook"
+    values["subject_dir"] = Path(values["subject_dir"]).expanduser()
+    dtype = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}[
+        setting("dtype", "float16" if device.type == "cuda" else "float32")]
+    return Course(name, values, sources, work, device, dtype)
+
+
+def setup(profile: str | None = None, drive: bool = False, **cell) -> Course:
+    """settings() for a notebook, plus what a notebook's first cell needs: library noise quieted, Google Drive
+    mounted for WORK on Colab when asked (runs then survive a disconnect and reach the next notebook), the profile,
+    photo folder and class noun a cell set remembered for the next notebooks, and one line saying what was chosen.
+    DBTUTOR_PRETRAINED points any profile at a local pipeline folder."""
+    quiet_libraries()
+    if "google.colab" in sys.modules:
+        from google.colab import output
+        output.enable_custom_widget_manager()        # ipywidgets 8 in Colab
+    work = _mount_drive() if drive else None
+    c = settings(profile, work=work, **cell)
+    choice = {"profile": profile, "subject_dir": cell.get("subject_dir"), "class_noun": cell.get("class_noun")}
+    if any(choice.values()):
+        from .fileio import write_json
+        write_json(c.work / CHOICE_FILE, {**_remembered(c.work), **{k: str(v) for k, v in choice.items() if v}})
+    if cell.get("subject_dir") and not cell.get("class_noun"):
+        print(f"SUBJECT_DIR is your folder: set CLASS_NOUN to what it shows (now {c.class_noun!r})")
+    if "gpu_why" in c.settings:
+        print(f"GPU settings: {c.gpu_why}")
+    print(f"profile {c.profile}: {c.instance_prompt!r} / {c.class_prompt!r} on {c.device} ({str(c.dtype)[6:]}); "
+          f"WORK {c.work}")
+    return c
+
+
+def model_tag(pretrained) -> str:
+    """A short name for a base model that changes when its weights change (a hub id is used as it is)."""
+    from .pipeline import model_fingerprint
+    p = Path(str(pretrained)).expanduser()
+    if not p.is_dir():
+        return str(pretrained).replace("/", "--")
+    return f"{p.name}-{model_fingerprint(str(p))[:8]}"
+
+
+def run_dir(work, cfg) -> Path:
+    """The output folder of a training run, named after everything that defines it (config and base model
+    weights): rerunning with the same settings finds the finished run (nothing left to do), other settings get a
+    fresh folder."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    c.pop("output_dir", None)
+    for k in ("progress", "resume", "keep_checkpoints", "wait_for_lock"):     # they do not change what is trained
+        c["trainer"].pop(k, None)
+    c["model"]["pretrained"] = model_tag(cfg.model.pretrained)
+    key = hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    m = cfg.model
+    label = f"prior{m.prior_loss_weight:g}" if m.with_prior_preservation else "noprior"
+    return Path(work) / "runs" / f"{label}-{cfg.trainer.max_steps}steps-{key}"
+
+
+def run_config(overrides: dict, work):
+    """load_config(overrides) with output_dir set to run_dir(work, ...)."""
+    from .config import load_config
+    cfg = load_config(overrides={**overrides, "output_dir": str(Path(work) / "runs" / "_")})
+    cfg.output_dir = str(run_dir(work, cfg))
+    return cfg
+
+
+def train_run(overrides: dict, work, progress: bool = True, callback=None):
+    """dbtutor.train into run_dir(work, ...): trains once, and reuses the finished run when called again."""
+    from .train import train
+    return train(run_config(overrides, work), progress=progress, callback=callback)
+
+
+def sample_rows(pipe, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 5.0,
+                scheduler: str = "dpm", batch_size: int = 25) -> list:
+    """For each prompt, one image per seed (the same seeds for every prompt), prompt after prompt."""
+    from .pipeline import sample
+    return sample(pipe, [p for p in prompts for _ in seeds], [int(s) for s in seeds] * len(prompts), steps, guidance,
+                  scheduler, batch_size=batch_size)
+
+
+def token_split(tokenizer, text: str) -> list[tuple[str, int]]:
+    """How the tokenizer cuts `text`: (token, id) pairs, without the start and end tokens."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    return list(zip(tokenizer.convert_ids_to_tokens(ids), ids))
+
+
+def identifier_report(tokenizer, identifier: str, class_noun: str) -> dict:
+    """The prompts built from an identifier and a class noun, and how each is tokenized."""
+    identifier, class_noun = identifier.strip(), class_noun.strip()
+    article = "an" if class_noun[:1].lower() in "aeiou" and class_noun else "a"
+    instance_prompt = f"a photo of {identifier} {class_noun}"
+    return {"identifier": identifier, "class_noun": class_noun,
+            "identifier_tokens": token_split(tokenizer, identifier),
+            "instance_prompt": instance_prompt, "instance_tokens": token_split(tokenizer, instance_prompt),
+            "class_prompt": f"a photo of {article} {class_noun}"}
