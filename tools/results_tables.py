@@ -112,10 +112,14 @@ def command(name: str, res: dict) -> str:
                  ("--num-samples", e["num_samples"], e["num_samples"] != DEFAULTS["num_samples"]),
                  ("--class-samples", e["class_samples"], e["class_samples"] != DEFAULTS["class_samples"])]
         return " ".join(["dbtutor ablate"] + [f"{flag} {value}" for flag, value, changed in given if changed])
+    given = [("--model", s.get("model"), s.get("model", SHIPPED_MODEL) != SHIPPED_MODEL)]
     if name == "quality":
-        return SOURCES[name].command + ("" if s["steps"] == 20 else f" --steps {s['steps']}") + (
-            "" if s["guidance"] == 5.0 else f" --guidance {s['guidance']:g}")
-    return SOURCES[name].command
+        given += [("--judge", s["judge"], s["judge"] != SHIPPED_JUDGE), ("--steps", s["steps"], s["steps"] != 20),
+                  ("--guidance", f"{s['guidance']:g}", s["guidance"] != 5.0)]
+    else:
+        given += [("--steps", s["steps"], s["steps"] != s.get("config", {}).get("trainer.max_steps", s["steps"])),
+                  ("--lora-lr", f"{s['lora_lr']:g}", s["lora_lr"] != 1e-3)]
+    return " ".join([SOURCES[name].command] + [f"{flag} {value}" for flag, value, changed in given if changed])
 
 
 def measured(res: dict, name: str, seconds: float) -> str:
