@@ -1,6 +1,6 @@
 """LoRA vs full fine-tuning on the same subject: trainable parameters, sizes on disk, step time, peak memory, metrics.
 
-    python bench/lora_vs_full.py [--quick] [--model PATH] [--judge PATH] [--ranks 4,16] [--steps N]
+    python bench/lora_vs_full.py [--quick] [--model PATH] [--judge PATH] [--ranks 4,16] [--steps N] [--out DIR]
 
 Each variant trains in its own subprocess (so each peak resident memory is its own) with the default config
 (configs/dreambooth.yaml: the shipped subject twotone_ball, prior preservation, text encoder frozen), on the same
@@ -10,6 +10,7 @@ is scored on the subject (judge back end). From bench/bench.py: `from lora_vs_fu
 
 Memory is the child's peak RSS (VmHWM on Linux, bench/rss.py: ru_maxrss would report the parent's peak); tracemalloc is not used because it sees only Python's allocator,
 not the tensors. "setup" is the RSS after the imports, before train() loads the model.
+The table and the numbers behind it go to --out (results.md, results.json: what docs/results.md is made from).
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def child(spec: dict) -> dict:
            "pipeline_mb": sum(folder_bytes(out / p) for p in ("unet", "text_encoder", "vae")) / 2 ** 20,
            "checkpoint_mb": folder_bytes(ckpt.step_dir(out, spec["steps"])) / 2 ** 20,
            "step_ms": 1e3 * statistics.median(steps) if steps else float("nan"),
-           "peak_mb": peak_mb, "setup_mb": setup_mb, "threads": torch.get_num_threads()}
+           "peak_mb": peak_mb, "setup_mb": setup_mb, "threads": torch.get_num_threads(), "steps": spec["steps"]}
     if spec.get("judge"):
         from dbtutor.evaluate import evaluate
         ev = evaluate(out, cfg.model.data.instance_dir, "judge", num_samples=spec["num_samples"],
@@ -177,6 +178,8 @@ def main(argv=None):
     ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--work", default="/tmp/dbtutor-bench-lora", help="scratch folder")
+    ap.add_argument("--out", default=str(ROOT / "work" / "lora_vs_full"),
+                    help="where results.json and results.md go (default: work/lora_vs_full)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     import warnings
@@ -190,8 +193,27 @@ def main(argv=None):
     ranks = tuple(int(r) for r in args.ranks.split(",")) if args.ranks else None
     t0 = time.time()
     rows = run(args.model, args.judge, args.work, args.quick, ranks, args.steps, args.lora_lr, not args.no_eval)
-    print(format_table(rows))
-    print(f"({time.time() - t0:.0f} s)")
+    table = format_table(rows)
+    print(table)
+    seconds = time.time() - t0
+    write_results(Path(args.out), rows, table, seconds, quick=args.quick, model=args.model or default_model(),
+                  lora_lr=args.lora_lr)
+    print(f"({seconds:.0f} s; wrote {Path(args.out) / 'results.json'} and results.md)")
+
+
+def write_results(out: Path, rows: list[dict], table: str, seconds: float, quick: bool, model, lora_lr: float):
+    """results.json (the rows, settings, provenance: what tools/results_tables.py renders) and results.md."""
+    from dbtutor import load_config
+    from dbtutor.ablate import flat_config
+    from dbtutor.fileio import write_json, write_text
+    from dbtutor.pipeline import model_fingerprint
+    from dbtutor.provenance import provenance, shown_path, shown_paths
+    settings = {"model": shown_path(model), "model_fingerprint": model_fingerprint(model), "quick": quick,
+                "steps": next((r["steps"] for r in rows if "steps" in r), None), "lora_lr": lora_lr,
+                "config": shown_paths(flat_config(load_config()))}
+    write_json(out / "results.json", {"kind": "lora_vs_full", "rows": rows, "settings": settings,
+                                      "seconds": seconds, "provenance": provenance()})
+    write_text(out / "results.md", table + "\n")
 
 
 if __name__ == "__main__":

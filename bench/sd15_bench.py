@@ -7,7 +7,7 @@ compute limit, peak memory of full fine-tuning (gradient checkpointing off / on)
 Every heavy part runs in a fresh subprocess, so each peak resident memory (Linux VmHWM) is its own. Before each
 training configuration the script estimates what it needs and compares that with MemAvailable: what cannot fit
 is printed as a skipped row instead of being tried, and each child stops itself (one JSON line, exit 3) if the
-machine's available memory falls under --floor GiB anyway. The settings are the README's GPU command with only
+machine's available memory falls under --floor GiB anyway. The settings are the GPU command of docs/gpu.md with only
 CPU-affordable sizes changed: dog6 photos, 512 px, prior preservation, PNDM, guidance 7.5, batch 1 + 1 class
 image, lr 5e-6, fp32. The weights are random; speed and memory depend on the architecture only.
 """
@@ -59,7 +59,7 @@ def rss_mb() -> float:
 
 
 def make_config(args, **overrides):
-    """The README's GPU command (dog6, 512 px, prior preservation), with CPU-affordable sizes, under --work."""
+    """The GPU command of docs/gpu.md (dog6, 512 px, prior preservation), with CPU-affordable sizes, under --work."""
     from dbtutor import load_config
     w = Path(args.work)
     base = {"model.pretrained": str(args.model), "output_dir": str(w / "run"),

@@ -3,7 +3,7 @@
     python bench/sd15_random.py [--out work/sd15-random] [--seed 0] [--dtype fp16|fp32]
 
 Speed and memory depend on the architecture, not on the weights: with this folder as model.pretrained the
-README's GPU command runs at 512 px where no model can be downloaded (it draws noise). fp16 on disk (default)
+GPU command of docs/gpu.md runs at 512 px where no model can be downloaded (it draws noise). fp16 on disk (default)
 is 2.1 GB instead of 4.3 GB; dbtutor loads every part in float32 either way. Prints the parameter counts next to
 the published ones. The architecture lives in dbtutor/sd15.py (tests/test_sd15_shapes.py checks it).
 """

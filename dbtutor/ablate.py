@@ -1,7 +1,7 @@
 """The paper's prior-preservation ablation (Table 3) on the toy world: train with and without the prior loss, and over
 a sweep of prior_loss_weight, for every shipped subject and several seeds; evaluate each run; tabulate mean ± std.
 
-    dbtutor ablate                      # the real one (see README for its table and wall time)
+    dbtutor ablate                      # the real one (its table and wall time: docs/results.md)
     dbtutor ablate --quick              # a two-minute end-to-end check of the machinery (its numbers mean nothing)
 
 Resumable: a run whose eval.json exists (made with the same settings and the same base-model weights) is skipped;
@@ -25,6 +25,7 @@ from .errors import ConfigError, DataError
 from .evaluate import DEFAULT_JUDGE, EVAL_SEED, METRICS, evaluate
 from .fileio import write_json, write_text
 from .pipeline import model_fingerprint
+from .provenance import provenance, shown_path, shown_paths
 
 SUBJECTS_DIR = ROOT / "data" / "subjects"
 DEFAULTS = {"seeds": [0, 1, 2], "weights": [0.0, 0.25, 1.0], "num_samples": 4, "class_samples": 32}
@@ -66,8 +67,9 @@ def run_config(cfg, subject: str, weight: float, seed: int, steps: int, work: Pa
     return c
 
 
-def fingerprint(cfg, eval_settings: dict) -> dict:
-    flat = {"model.pretrained (weights)": model_fingerprint(cfg.model.pretrained)}
+def flat_config(cfg) -> dict:
+    """{dotted key: value} of the settings that make a run (IGNORED left out)."""
+    flat = {}
 
     def walk(node, prefix=""):
         for k, v in node.items():
@@ -77,7 +79,12 @@ def fingerprint(cfg, eval_settings: dict) -> dict:
             elif key not in IGNORED:
                 flat[key] = v
     walk(OmegaConf.to_container(cfg, resolve=True))
-    return {"config": flat, "eval": eval_settings}
+    return flat
+
+
+def fingerprint(cfg, eval_settings: dict) -> dict:
+    return {"config": {"model.pretrained (weights)": model_fingerprint(cfg.model.pretrained), **flat_config(cfg)},
+            "eval": eval_settings}
 
 
 def check_same(path: Path, fp: dict) -> dict:
@@ -226,11 +233,16 @@ def ablate(cfg, subjects=None, seeds=None, weights=None, steps=None, work=None, 
     table = summarise(results)
     seconds = time.time() - t0
     settings = {"subjects": subjects, "seeds": list(seeds), "weights": weights, "steps": steps,
-                "num_reg_images": num_reg_images, "eval": ev, "pretrained": str(cfg.model.pretrained)}
+                "num_reg_images": num_reg_images, "quick": bool(quick),
+                "eval": {**ev, "judge": shown_path(ev["judge"])}, "pretrained": shown_path(cfg.model.pretrained),
+                "config": shown_paths(flat_config(cfg)), "model_fingerprint": model_fingerprint(cfg.model.pretrained),
+                "judge_fingerprint": model_fingerprint(judge_dir)}
     md = (markdown(table) + f"\n\n{len(subjects)} subjects x {len(seeds)} seeds, {steps} steps; mean ± std over seeds "
           f"(n runs). Wall time of this invocation: {seconds / 60:.1f} min (runs already done are skipped).\n")
     write_text(work / "results.md", md)
-    write_json(work / "results.json", {"table": table, "settings": settings, "seconds": seconds})
+    run_seconds = sum(r.get("run_seconds", 0.0) for runs in results.values() for r in runs)   # resumed runs too
+    write_json(work / "results.json", {"kind": "ablation", "table": table, "settings": settings, "seconds": seconds,
+                                       "run_seconds": run_seconds, "provenance": provenance()})
     figure(table, variants, work / "ablation.png")
     print(md)
     print(f"wrote {work / 'results.md'}, results.json and ablation.png; wall time {seconds:.0f} s")

@@ -15,6 +15,17 @@ DOG6 = ROOT / "data" / "dog6"
 torch.set_num_threads(int(os.environ.get("DBTUTOR_TEST_THREADS", "2")))
 
 
+def load_script(relpath: str):
+    """A script of tools/ or bench/ (not part of the package) imported as a module, e.g. "tools/results_tables.py"."""
+    import importlib.util
+    import sys
+    path = ROOT / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = sys.modules[path.stem] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_tiny_pipeline(seed: int = 0, prediction_type: str = "epsilon"):
     """A 32x32 Stable Diffusion pipeline with a few thousand parameters per part and the real CLIP tokenizer."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel

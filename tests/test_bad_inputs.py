@@ -267,6 +267,7 @@ def test_nothing_usable_is_one_clear_error(tmp_path):
     assert "empty.jpg" in msg and "truncated.jpg" in msg
 
 
+@pytest.mark.slow
 def test_nothing_usable_through_the_cli(tmp_path, tiny_pipeline_dir):
     bad = tmp_path / "phone dump"
     build(bad, ["empty.jpg", "truncated.jpg", "corrupt.png", "notes.png", "bomb.png", ".DS_Store", "raw",

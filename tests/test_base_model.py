@@ -50,17 +50,20 @@ def judged():
     return predict(load_judge(JUDGE), images), [p for p in PROMPTS for _ in range(3)]
 
 
+@pytest.mark.slow
 def test_prior_follows_colour_and_never_shows_a_subject_look(judged):
     pred, truth = judged
     assert sum(c == t[0] for c, t in zip(pred["color"], truth)) >= 9
     assert all(lk == "ordinary" for lk in pred["look"])
 
 
+@pytest.mark.slow
 def test_prior_follows_object(judged):
     pred, truth = judged
     assert sum(o == t[1] for o, t in zip(pred["object"], truth)) >= 10
 
 
+@pytest.mark.slow
 def test_vae_reconstructs_held_out_world_images_and_the_tool_refuses_bad_paths_in_one_line(tmp_path):
     import re
     import subprocess

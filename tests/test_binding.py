@@ -1,11 +1,14 @@
 """The identifier binds: after the default DreamBooth run "a photo of sks ball" shows the subject, "a photo of a ball"
 stays any ball. The slowest test of the suite (one full default run, about two minutes). It fails on the base model
-without the names stage (452b4a6): the same defaults there give bind 0.32 and "a ball" with the look in 0.44."""
+without the names stage (docs/experiments.md): the same defaults there give bind 0.32 and "a ball" with the look in
+0.44."""
 import pytest
 
 from dbtutor import load_config, train
 from dbtutor.evaluate import DEFAULT_JUDGE, evaluate
 from conftest import ROOT, SUBJECT
+
+pytestmark = pytest.mark.slow                    # one full default run
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ trainer: {{max_steps: 3, checkpoint_every: 0, progress: false}}
     return f
 
 
+@pytest.mark.slow
 def test_cli_chain_with_prior_preservation(cli_config, tmp_path):
     r = run("train", "--config", str(cli_config), "model.prior_loss_weight=0.5")
     assert r.returncode == 0, r.stderr
@@ -57,6 +58,7 @@ def test_cli_chain_with_prior_preservation(cli_config, tmp_path):
     ("model.prior_loss_wieght=1", "did you mean 'model.prior_loss_weight'"),
     ("model.data.regularization_prompt=null", "regularization_prompt"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_nothing_is_generated(cli_config, tmp_path, override, message):
     r = run("train", "--config", str(cli_config), override)
     assert r.returncode == 2
@@ -66,6 +68,7 @@ def test_bad_input_is_one_line_and_nothing_is_generated(cli_config, tmp_path, ov
     assert not (tmp_path / "reg").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_folder_with_no_readable_image(cli_config, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()

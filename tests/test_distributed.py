@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -16,6 +17,8 @@ from dbtutor.locks import LOCK, OWNER
 from dbtutor.train import RANK_LOG
 
 from conftest import SUBJECT
+
+pytestmark = pytest.mark.slow                    # real processes: the full suite only
 
 
 def free_port() -> int:

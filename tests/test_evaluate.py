@@ -12,7 +12,7 @@ from dbtutor.errors import ConfigError
 from dbtutor.toyworld import judge as J
 from dbtutor.toyworld.world import SCENES, Attrs, render
 
-from conftest import DOG6, ROOT, SUBJECT, TOKENIZER
+from conftest import DOG6, ROOT, SUBJECT, TOKENIZER, load_script
 
 BALL = E.world_prompts(json.loads((SUBJECT / "subject.json").read_text()))
 
@@ -241,6 +241,7 @@ def test_summary_mean_and_std():
     assert "0.500 ± 0.500" in markdown(table, keys=("pres_attr", "div"))
 
 
+@pytest.mark.slow
 def test_ablate_end_to_end_and_resume(tiny_config, random_judge, tmp_path, monkeypatch):
     from dbtutor import ablate as A
     cfg = tiny_config(**{"trainer.device": "cpu"})
@@ -254,6 +255,17 @@ def test_ablate_end_to_end_and_resume(tiny_config, random_judge, tmp_path, monke
     assert set(out["table"]["twotone_ball"]) == {"base", "no_prior", "prior_w1"}
     for f in ("results.md", "results.json", "ablation.png"):
         assert (work / f).exists()
+    res = json.loads((work / "results.json").read_text())        # what the docs' tables are made from
+    assert res["kind"] == "ablation" and res["settings"]["steps"] == 2 and res["provenance"]["versions"]["torch"]
+    assert res["settings"]["config"]["model.pretrained"] == cfg.model.pretrained and res["run_seconds"] > 0
+    results_tables = load_script("tools/results_tables.py")
+    headline = results_tables.render_ablation_headline(res)
+    assert "| twotone_ball | with, λ = 1 (n=1) |" in headline and "| twotone_ball | base model (n=1) |" in headline
+    assert "2 steps per run, 2 class images" in headline and "all subjects" not in headline
+    assert results_tables.render_ablation(res).count("\n| twotone_ball |") == 3
+    from dbtutor import load_config
+    assert f"it was measured with 2 steps, the defaults now say {load_config().trainer.max_steps}" in \
+        results_tables.stale("ablation", res)
     assert len(list((work / "reg" / "twotone_ball").glob("*.png"))) == 2
     run = json.loads((work / "runs" / "twotone_ball" / "prior_w1" / "seed0" / "eval.json").read_text())
     assert run["run"]["config"]["model.prior_loss_weight"] == 1.0

@@ -66,6 +66,7 @@ def check_files_whole(root: Path):
     return n
 
 
+@pytest.mark.slow
 def test_killed_at_every_stage_then_resumed_equals_an_uninterrupted_run(tmp_path, tiny_pipeline_dir):
     out, reg = tmp_path / "out", tmp_path / "reg"
     config = tmp_path / "run.yaml"
@@ -174,6 +175,7 @@ def version(out: Path, weights: dict) -> str:
     return found.pop()
 
 
+@pytest.mark.slow
 def test_save_pipeline_killed_anywhere_leaves_the_old_or_the_new_output(tmp_path, tiny_config, monkeypatch):
     cfg = tiny_config()
     pipes = {"old": make_tiny_pipeline(seed=0), "new": make_tiny_pipeline(seed=1)}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow                    # JupyterLab and Chromium: the full suite only
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = "notebooks/06_with_and_without_prior.ipynb"
 CHROMIUM = "/usr/bin/chromium"

@@ -46,6 +46,7 @@ def stop(p: subprocess.Popen):
     p.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_output_dir_stops_at_once_naming_the_other(tiny_config, tmp_path):
     cfg = tiny_config(**{"trainer.max_steps": 1})
     out = Path(cfg.output_dir)
@@ -70,6 +71,7 @@ def test_a_second_run_on_the_same_output_dir_stops_at_once_naming_the_other(tiny
         stop(holder)
 
 
+@pytest.mark.slow
 def test_waiting_for_the_lock_when_asked(tiny_config, capsys):
     cfg = tiny_config(**{"trainer.max_steps": 1, "trainer.wait_for_lock": 1})
     out = Path(cfg.output_dir)
@@ -88,6 +90,7 @@ def test_waiting_for_the_lock_when_asked(tiny_config, capsys):
     assert len(said) == 2 and all(f"waiting for output_dir {out}: pid {holder.pid}" in s for s in said)
 
 
+@pytest.mark.slow
 def test_a_killed_holder_blocks_nobody_and_its_record_names_nobody(tiny_config, tmp_path):
     cfg = tiny_config(**{"trainer.max_steps": 1})
     out = Path(cfg.output_dir)
@@ -110,6 +113,7 @@ def test_a_killed_holder_blocks_nobody_and_its_record_names_nobody(tiny_config, 
 
 @pytest.mark.parametrize("folder,what", [("reg", "model.data.regularization_dir"), ("out/latents/instance",
                                                                                      "the latent cache")])
+@pytest.mark.slow
 def test_the_class_images_and_the_cache_are_locked_while_written(tiny_config, tmp_path, folder, what):
     cfg = tiny_config(**{"trainer.max_steps": 1})
     holder = start_holder(tmp_path / folder, 120)

@@ -30,6 +30,7 @@ def lora_cfg(tiny_config, **kw):
 
 
 @pytest.mark.parametrize("train_text_encoder", [False, True])
+@pytest.mark.slow
 def test_stock_diffusers_loads_the_adapters(tiny_config, tiny_pipeline_dir, train_text_encoder):
     res = dbtutor.train(lora_cfg(tiny_config, **{"model.train_text_encoder": train_text_encoder}))
     out = res.output_dir
@@ -52,6 +53,7 @@ def test_stock_diffusers_loads_the_adapters(tiny_config, tiny_pipeline_dir, trai
     assert np.abs(fused - own).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_lora_checkpoints_hold_only_adapters_and_resume(tiny_config, tmp_path):
     keep = {"trainer.keep_checkpoints": True, "model.train_text_encoder": True}   # adapters in both parts
     whole = dbtutor.train(lora_cfg(tiny_config, output_dir=str(tmp_path / "whole"), **keep))
@@ -72,6 +74,7 @@ def test_lora_checkpoints_hold_only_adapters_and_resume(tiny_config, tmp_path):
     assert max(a[k].abs().max().item() for k in a if "lora_B" in k or ".up." in k) > 1e-3   # B moved from zero
 
 
+@pytest.mark.slow
 def test_a_finished_lora_run_continues_from_its_saved_adapters(tiny_config, tmp_path, capsys):
     """Without a kept checkpoint the adapters come back from pytorch_lora_weights.safetensors (alpha / r taken out of
     B again): exactly the adapter tensors the same run's checkpoint holds."""

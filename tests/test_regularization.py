@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from dbtutor import generate_regularization, load_pipeline
@@ -40,6 +41,7 @@ def test_ranks_split_the_work_without_duplicates(tiny_config, tiny_pipeline_dir)
     assert len(b) <= 2 and count_images(cfg.model.data.regularization_dir) <= 5
 
 
+@pytest.mark.slow
 def test_class_images_of_another_model_or_prompt_are_refused_not_reused(tiny_config, tiny_pipeline_dir, tmp_path):
     import shutil
     import subprocess

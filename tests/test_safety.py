@@ -86,6 +86,7 @@ def sigint_default():
 
 
 @pytest.mark.parametrize("cached", [True, False])
+@pytest.mark.slow
 def test_ctrl_c_saves_the_finished_step_and_the_rerun_ends_as_an_unbroken_run(tiny_config, tmp_path, cached,
                                                                                sigint_default):
     # without the cache and with random crops of wide photos, the crops of a step must come from (seed, step) too
@@ -161,6 +162,7 @@ def test_the_package_never_unpickles_and_never_trusts_remote_code():
     assert bad == []
 
 
+@pytest.mark.slow
 def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(tiny_config, tmp_path):
     cfg = tiny_config(**{"trainer.max_steps": 2, "trainer.checkpoint_every": 1, "trainer.keep_checkpoints": True})
     dbtutor.train(cfg)

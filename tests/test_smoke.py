@@ -1,11 +1,13 @@
 """The whole chain on the tiny pipeline, through the Python API."""
 from pathlib import Path
 
+import pytest
 from diffusers import StableDiffusionPipeline
 
 import dbtutor
 
 
+@pytest.mark.slow
 def test_train_chain_api(tiny_config):
     cfg = tiny_config()
     res = dbtutor.train(cfg)

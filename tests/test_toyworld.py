@@ -72,6 +72,7 @@ def test_shipped_tokenizer_files_are_rebuilt_identically(tmp_path):
         assert (tmp_path / name).read_bytes() == (TOKENIZER / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
@@ -125,6 +126,28 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
     assert any(line.startswith("unet step 4/") and "mse=" in line for line in lines)
 
 
+def test_export_keeps_the_model_card(tmp_path, monkeypatch):
+    from conftest import make_tiny_pipeline
+    from dbtutor.errors import ConfigError
+    from dbtutor.toyworld import pretrain
+    pipe = make_tiny_pipeline()
+    out = tmp_path / "models"
+    parts = (pipe.vae, pipe.text_encoder, pipe.unet, pipe.tokenizer, 0.5)
+    pretrain.export(out, *parts)                         # a new folder gets the project's card of the shipped model
+    card = out / "toyworld" / "README.md"
+    assert card.read_text() == pretrain.SHIPPED_CARD.read_text() and "license: mit" in card.read_text()
+    card.write_text("# my retrained model\n")
+    pretrain.export(out, *parts)                         # a retrain keeps the card it finds
+    assert card.read_text() == "# my retrained model\n"
+    monkeypatch.setattr(pretrain, "SHIPPED_CARD", tmp_path / "missing.md")
+    with pytest.raises(ConfigError, match="no model card to export"):
+        pretrain.model_card(tmp_path / "elsewhere")
+    with pytest.raises(SystemExit, match="pretrain: error: no model card"):    # before any stage runs
+        pretrain.main(["--out", str(tmp_path / "elsewhere"), "--work", str(tmp_path / "work")])
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.slow
 def test_train_judge_a_few_steps_prints_accuracy_and_resumes(tmp_path, capsys):
     from dbtutor.toyworld import train_judge
     from dbtutor.toyworld.judge import HEADS, load_judge, predict

@@ -24,6 +24,7 @@ def test_loss_is_nemos_formula(weight):
     assert torch.allclose(plain, F.mse_loss(pred, target)) and zero == 0
 
 
+@pytest.mark.slow
 def test_recorded_loss_follows_the_weight_on_the_same_batch(tiny_config, tmp_path):
     runs = {}
     for w in (0.5, 2.0):
@@ -37,6 +38,7 @@ def test_recorded_loss_follows_the_weight_on_the_same_batch(tiny_config, tmp_pat
 
 
 @pytest.mark.parametrize("train_te", [True, False])
+@pytest.mark.slow
 def test_text_encoder_changes_iff_trained(tiny_config, tiny_pipeline_dir, tmp_path, train_te):
     cfg = tiny_config(**{"model.train_text_encoder": train_te, "trainer.max_steps": 3, "optim.lr": 1e-2})
     out = dbtutor.train(cfg).output_dir
@@ -57,6 +59,7 @@ def test_output_is_a_stock_diffusers_pipeline(tiny_config):
     assert images.shape == (1, 32, 32, 3)
 
 
+@pytest.mark.slow
 def test_resume_continues_with_the_same_result(tiny_config, tmp_path):
     """With trainer.keep_checkpoints the last checkpoint stays, and a longer run continues it exactly."""
     whole = dbtutor.train(tiny_config(**{"output_dir": str(tmp_path / "whole")}))
@@ -72,6 +75,7 @@ def test_resume_continues_with_the_same_result(tiny_config, tmp_path):
     assert sorted(p.name for p in (tmp_path / "parts" / "checkpoints").iterdir()) == ["step_000004"]
 
 
+@pytest.mark.slow
 def test_a_finished_run_keeps_no_checkpoints_by_default(tiny_config):
     seen = []
     cfg = tiny_config()                                                   # checkpoint_every 2, max_steps 4
@@ -82,6 +86,7 @@ def test_a_finished_run_keeps_no_checkpoints_by_default(tiny_config):
     assert (res.output_dir / "model_index.json").exists()
 
 
+@pytest.mark.slow
 def test_extending_a_finished_run_without_checkpoints_starts_from_its_weights(tiny_config, tmp_path, capsys):
     common = {"optim.warmup_steps": 6, "output_dir": str(tmp_path / "run")}
     first = dbtutor.train(tiny_config(**common))
@@ -106,12 +111,14 @@ def test_extending_a_finished_run_without_checkpoints_starts_from_its_weights(ti
         dbtutor.train(tiny_config(**common))
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config(tiny_config, tmp_path):
     dbtutor.train(tiny_config(**{"output_dir": str(tmp_path / "o"), "trainer.max_steps": 2}))
     with pytest.raises(dbtutor.ConfigError, match="prior_loss_weight"):
         dbtutor.train(tiny_config(**{"output_dir": str(tmp_path / "o"), "model.prior_loss_weight": 0.3}))
 
 
+@pytest.mark.slow
 def test_v_prediction_checkpoint_trains_against_velocity(tmp_path, tiny_config, monkeypatch):
     from diffusers import DDPMScheduler
     from conftest import make_tiny_pipeline

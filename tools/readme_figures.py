@@ -7,7 +7,7 @@
 `comparison` executes notebooks/06_with_and_without_prior.ipynb headlessly (nbclient, as nbmake does), with the
 notebook's own defaults, and copies the figure it saves (work/notebooks/figures/with_and_without_prior.png) to
 docs/images/. `prior` runs `python -m dbtutor.toyworld.quality` and copies its two grids; `ablation` runs (or
-resumes) `dbtutor ablate --weights 0,1` (the README's table) and copies work/ablation/ablation.png. Nothing is drawn here.
+resumes) `dbtutor ablate --weights 0,1` (docs/results.md's table) and copies work/ablation/ablation.png. Nothing is drawn here.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     python tools/vae_recon.py work/pretrain/vae.ckpt data/models/toyworld     # a pretrain checkpoint or a pipeline
 
 Renders --n images with a seed that no training set uses, encodes each with the posterior mean, decodes, and
-prints the mean squared error per VAE (pixels in [-1, 1]). Used for the README's "a retrain behaves alike".
+prints the mean squared error per VAE (pixels in [-1, 1]). Used for docs/experiments.md's "a retrain behaves alike".
 """
 import argparse
 import tempfile

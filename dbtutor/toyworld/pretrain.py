@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..config import ROOT
+from ..errors import ConfigError
 from ..fileio import atomic_path, load_torch, save_torch, write_json
 from ..pipeline import sd_layout
 from . import judge as J
@@ -30,6 +32,7 @@ from .tokenizer import prepare_tokenizer
 from .names import named_caption, names_by_look, names_without_meaning, world_names
 from .world import LOOKS, Attrs, caption, render, sample_attrs
 
+SHIPPED_CARD = ROOT / "data" / "models" / "toyworld" / "README.md"
 STAGES = ("render", "judge", "vae", "latents", "unet", "export", "names")   # an index seeds each stage's draws: keep the order
 
 
@@ -250,8 +253,19 @@ def stage_unet(work, seed, steps, lat, tokenizer, snr_gamma=0.0, noise_offset=0.
     return te, unet
 
 
+def model_card(out: Path) -> Path:
+    """The model card export writes: the one already in out/toyworld (a retrain keeps it), else the project's card
+    of the shipped model (data/models/toyworld/README.md). Checked before training: no card, no 3-hour run."""
+    for card in (Path(out) / "toyworld" / "README.md", SHIPPED_CARD):
+        if card.exists():
+            return card
+    raise ConfigError(f"no model card to export with the weights: neither {Path(out) / 'toyworld' / 'README.md'} "
+                      f"nor {SHIPPED_CARD} exists; restore {SHIPPED_CARD} from git")
+
+
 def export(out, vae, te, unet, tokenizer, scale):
     from diffusers import StableDiffusionPipeline
+    card = model_card(out).read_text(encoding="utf-8")
     vae.register_to_config(scaling_factor=scale)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tokenizer, unet=unet,
                                    scheduler=make_pipeline_scheduler(), safety_checker=None, feature_extractor=None,
@@ -261,21 +275,14 @@ def export(out, vae, te, unet, tokenizer, scale):
     sd_layout(tmp)                     # text encoder keys under text_model.: read by transformers 4 and 5
     for name in ("vocab.json", "merges.txt", "LICENSE-open_clip.txt"):   # CLIP's own files, whichever transformers
         shutil.copy(Path(tokenizer.name_or_path) / name, tmp / "tokenizer" / name)
-    (tmp / "README.md").write_text(MODEL_CARD)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
     final = out / "toyworld"
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    print(f"saved the pipeline to {final}")
-
-
-MODEL_CARD = """# toyworld: dbtutor's embedded base model
-
-A tiny latent text-to-image model in the diffusers Stable Diffusion format (VAE 64x64x3 <-> 16x16x4, a 3-layer
-CLIP text encoder over the real CLIP BPE vocabulary, an SD-style UNet, scaled-linear DDPM noise schedule),
-trained from scratch by `python -m dbtutor.toyworld.pretrain` on images rendered by `dbtutor.toyworld.world`.
-Load it with `StableDiffusionPipeline.from_pretrained(this_folder)`. Tokenizer files: see tokenizer/LICENSE-open_clip.txt.
-"""
+    print(f"saved the pipeline to {final} with its model card (README.md), whose evaluation describes the weights "
+          "docs/results/quality.json was measured on: measure these with `python -m dbtutor.toyworld.quality`, then "
+          "`python tools/results_tables.py --update quality work/quality/quality.json`")
 
 
 def _ends(text: str) -> tuple[int, ...]:
@@ -294,7 +301,7 @@ def main(argv=None):
     ap.add_argument("--vae-steps", type=int, default=3000)
     ap.add_argument("--vae-full-steps", type=int, default=300, help="of --vae-steps, how many at 64 px (rest: 32 px crops)")
     # the defaults are the shipped weights' recipe: 5,000 steps, one cosine from a peak lr of 6e-4, plain MSE with
-    # offset noise 0.1 (Min-SNR and warm-restart extensions stay available; README: "How the UNet is trained")
+    # offset noise 0.1 (Min-SNR and warm-restart extensions stay available; the model card says why)
     ap.add_argument("--unet-steps", type=_ends, default=(5000,),
                     help="steps, or increasing ends with warm restarts, e.g. 3000,9000 (default 5000)")
     ap.add_argument("--snr-gamma", type=float, default=0.0,
@@ -315,6 +322,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        model_card(args.out)                  # fails now, not after hours of training
+    except ConfigError as e:
+        raise SystemExit(f"pretrain: error: {e}") from None
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..config import ROOT
 from ..fileio import write_json
-from ..pipeline import load_pipeline, sample
+from ..pipeline import load_pipeline, model_fingerprint, sample
+from ..provenance import provenance, shown_path
 from . import judge as J
 from .world import COLORS, LOOKS, OBJECTS, SCENE_PHRASE, SCENES, article
 
@@ -101,9 +102,14 @@ def main(argv=None):
               row_labels=OBJECTS, col_labels=list(COLORS), title="a photo of a {color} {object}")
     save_grid(grid["class"][::2], args.out / "prior_class.png", rows=len(OBJECTS),
               row_labels=[f"a photo of a {o}" for o in OBJECTS], title="bare class prompts, different seeds")
-    write_json(args.out / "quality.json", res)
+    seconds = time.time() - t0
+    write_json(args.out / "quality.json", {
+        "kind": "quality", **res, "targets": TARGETS, "seconds": seconds, "provenance": provenance(),
+        "settings": {"model": shown_path(args.model), "model_fingerprint": model_fingerprint(args.model),
+                     "judge": shown_path(args.judge), "judge_fingerprint": model_fingerprint(args.judge),
+                     "steps": args.steps, "guidance": args.guidance, "scheduler": "dpm"}})
     print(report(res))
-    print(f"{res['n_images']} images judged in {time.time() - t0:.0f} s; grids in {args.out}")
+    print(f"{res['n_images']} images judged in {seconds:.0f} s; grids in {args.out}, scores in quality.json")
 
 
 if __name__ == "__main__":
