@@ -212,9 +212,9 @@ def sample(pipe, prompts: list[str] | str, seeds: list[int] | int = 0, num_infer
            guidance_scale: float = 5.0, scheduler: str | None = "dpm", batch_size: int = 25, negative_prompt=None):
     """One image per (prompt, seed) pair, generated in batches; each image depends only on its own seed.
 
-    `prompts` and `seeds` are broadcast: one prompt with many seeds, or one seed per prompt. On a CUDA GPU a float32
-    pipeline samples under float16 autocast (as fast as a float16 copy, without one); images of SLICE_FROM_PX or
-    more are decoded one at a time."""
+    `prompts` and `seeds` are broadcast: one prompt with many seeds, or one seed per prompt. On a CUDA GPU sampling
+    runs under float16 autocast (tensor cores), so a float32 pipeline such as the one train() trains needs no float16
+    copy of its own. Images of SLICE_FROM_PX or more are decoded one at a time."""
     if isinstance(prompts, str):
         prompts = [prompts]
     if isinstance(seeds, int):
@@ -229,7 +229,7 @@ def sample(pipe, prompts: list[str] | str, seeds: list[int] | int = 0, num_infer
     shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
     if shape[-1] * pipe.vae_scale_factor >= SLICE_FROM_PX:
         pipe.vae.enable_slicing()
-    half = device.type == "cuda" and pipe.unet.dtype == torch.float32
+    half = device.type == "cuda"          # also a pipeline whose parts differ in dtype (frozen weights in half)
     images = []
     for i in range(0, len(prompts), batch_size):
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i:i + batch_size]]
