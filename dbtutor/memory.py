@@ -80,18 +80,21 @@ def _static(s: Setting, counts: dict) -> dict:
 
 
 def activations_fp32(lora: bool, checkpointing: bool) -> tuple[float, str]:
-    """GiB of activations (and whatever else the peak holds beyond the static parts) in float32, with its basis: a
-    measured CPU peak minus the static parts and the process baseline. The text encoder's own activations (two
-    prompts of 77 tokens) are lost in the noise, so both of its states share the larger value."""
+    """GiB of activations (and whatever else the peak holds beyond the static parts) in float32, and its basis: a
+    measured CPU peak minus the static parts and the process baseline. LoRA's rank and the text encoder's own
+    activations (two prompts of 77 tokens) are lost in the noise: a measurement of the same kind (LoRA or full) and
+    checkpointing stands for all of them, the larger where there are two."""
     found = []
-    for (rank, gc, te), peak in MEASURED_PEAK_GIB.items():
-        if bool(rank) == lora and gc == checkpointing:
-            s = Setting(rank, gc, False, te, "32")
-            found.append(peak - sum(_static(s, PUBLISHED_PARAMS).values()) / GIB - PROCESS_GIB)
+    for key, peak in MEASURED_PEAK_GIB.items():
+        if bool(key[0]) == lora and key[1] == checkpointing:
+            s = Setting(key[0], key[1], False, key[2], "32")
+            found.append((peak - sum(_static(s, PUBLISHED_PARAMS).values()) / GIB - PROCESS_GIB, key))
     if found:
-        return max(found), "measured"
+        act, key = max(found)
+        return act, f"measured: {Setting(key[0], key[1], False, key[2], '32').label()}, {MEASURED_PEAK_GIB[key]} GiB peak"
     if lora:   # not measured with checkpointing: the value without it bounds it from above
-        return activations_fp32(True, False)[0], "not measured: LoRA without checkpointing, an upper bound"
+        act, basis = activations_fp32(True, False)
+        return act, "not measured, bounded by " + basis.removeprefix("measured: ")
     raise KeyError(f"no measurement for lora={lora}, checkpointing={checkpointing}")
 
 
