@@ -91,7 +91,8 @@ def activations_fp32(lora: bool, checkpointing: bool) -> tuple[float, str]:
             found.append((peak - sum(_static(s, PUBLISHED_PARAMS).values()) / GIB - PROCESS_GIB, key))
     if found:
         act, key = max(found)
-        return act, f"measured: {Setting(key[0], key[1], False, key[2], '32').label()}, {MEASURED_PEAK_GIB[key]} GiB peak"
+        label = Setting(key[0], key[1], False, key[2], "32").label()
+        return act, f"measured: {label}, {MEASURED_PEAK_GIB[key]} GiB peak"
     if lora:   # not measured with checkpointing: the value without it bounds it from above
         act, basis = activations_fp32(True, False)
         return act, "not measured, bounded by " + basis.removeprefix("measured: ")

@@ -94,7 +94,8 @@ def test_another_precision_in_the_same_process(tiny_config, tmp_path):
     """accelerate refuses a second Accelerator with another precision in one process; train() resets its state."""
     runs = {}
     for name, precision in (("a", "32"), ("b", "bf16"), ("c", "32")):
-        cfg = tiny_config(**{"trainer.precision": precision, "output_dir": str(tmp_path / name), "trainer.max_steps": 2})
+        cfg = tiny_config(**{"trainer.precision": precision, "output_dir": str(tmp_path / name),
+                             "trainer.max_steps": 2})
         runs[name] = [h["loss"] for h in dbtutor.train(cfg).history]
     assert runs["c"] == runs["a"]                                   # nothing of the bf16 run is left over
     assert runs["b"] != runs["a"]                                   # and that one did run in bf16
