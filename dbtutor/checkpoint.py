@@ -18,13 +18,14 @@ from .pipeline import sd_layout
 
 CKPT = "checkpoints"
 KEEP = 2
-# keys that may change between a run and its resumption
+# keys that may change between a run and its resumption (how it computes, not what it trains: e.g. a run stopped by a
+# non-finite loss in fp16 continues from its last checkpoint with trainer.precision=32)
 RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.progress", "trainer.checkpoint_every", "trainer.resume",
                      "trainer.keep_checkpoints", "trainer.wait_for_lock", "trainer.device", "model.data.num_workers",
                      "output_dir", "model.pretrained", "model.data.instance_dir", "model.data.regularization_dir",
                      "model.data.cached_instance_dir", "model.data.cached_reg_dir", "model.compile",
                      "model.channels_last", "model.gradient_checkpointing", "model.attention", "model.sampling",
-                     "model.lora.save_merged"}
+                     "model.lora.save_merged", "trainer.precision"}
 
 
 def _flat(d, prefix=""):
@@ -42,6 +43,15 @@ def fingerprint(cfg) -> dict:
     return _flat(OmegaConf.to_container(cfg, resolve=True))
 
 
+def changed_keys(saved: dict, now: dict) -> list[str]:
+    """The keys whose values differ between two fingerprints. A key missing from the saved one (added to dbtutor
+    after that run was saved) counts as its default value."""
+    from .config import defaults
+    was = {k: OmegaConf.select(defaults(), k, default=None) for k in set(now) - set(saved)}
+    was.update(saved)
+    return sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+
+
 def step_dir(out: Path, step: int) -> Path:
     return Path(out) / CKPT / f"step_{step:06d}"
 
@@ -53,8 +63,11 @@ def _weights(module) -> dict:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def save(out, cfg, modules: dict, optimizer, lr_sched, step: int, history: list[dict], world_size: int = 1):
-    """Write checkpoints/step_N as a temp folder renamed into place; keep the newest KEEP.
+def save(out, cfg, modules: dict, optimizer, lr_sched, step: int, history: list[dict], world_size: int = 1,
+         scaler=None):
+    """Write checkpoints/step_N as a temp folder renamed into place; keep the newest KEEP. With fp16 loss scaling,
+    the GradScaler's state (scale and growth tracker) is saved beside the optimizer's, so a resumed run goes on
+    with the same scale.
 
     Only one process writes checkpoints. Killed at any moment, the folder holds the checkpoints it held before,
     plus at most a hidden half-written .tmp-step_N that the next save removes and resume never reads.
@@ -75,7 +88,10 @@ def save(out, cfg, modules: dict, optimizer, lr_sched, step: int, history: list[
     for name, w in weights.items():
         save_file(w, str(tmp / f"{name}.safetensors"))
         fault_point("ckpt")
-    save_torch({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_sched.state_dict()}, tmp / "optimizer.pt")
+    state = {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_sched.state_dict()}
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()      # numbers only: loads with weights_only=True
+    save_torch(state, tmp / "optimizer.pt")
     write_json(tmp / "state.json", {"step": step, "history": history, "config": fingerprint(cfg),
                                     "world_size": world_size})
     fsync_tree(tmp)
@@ -121,17 +137,18 @@ def latest(out, cfg, world_size: int = 1) -> Path | None:
                           "output_dir, or trainer.resume=false to start over")
     saved = state["config"]
     now = fingerprint(cfg)
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    diff = changed_keys(saved, now)
     if diff:
         raise ConfigError(f"{dirs[-1]} was trained with another config ({diff[0]}: {saved.get(diff[0])!r} there, "
                           f"{now.get(diff[0])!r} now): use another output_dir, or trainer.resume=false to start over")
     return dirs[-1]
 
 
-def restore(path: Path, modules: dict, optimizer, lr_sched) -> tuple[int, list[dict]]:
-    """Load a checkpoint into the modules, optimizer and lr schedule; a damaged file is one clear error."""
+def restore(path: Path, modules: dict, optimizer, lr_sched, scaler=None) -> tuple[int, list[dict]]:
+    """Load a checkpoint into the modules, optimizer, lr schedule and (fp16) GradScaler; a damaged file is one clear
+    error. A checkpoint without a scaler state (made in fp32 or bf16) leaves a given scaler at its initial scale."""
     try:
-        return _restore(path, modules, optimizer, lr_sched)
+        return _restore(path, modules, optimizer, lr_sched, scaler)
     except DBTutorError:
         raise
     except Exception as e:                           # a damaged file, or a pickle that weights_only refuses
@@ -140,7 +157,7 @@ def restore(path: Path, modules: dict, optimizer, lr_sched) -> tuple[int, list[d
                         f"resume from an older one, or set trainer.resume=false to start over") from None
 
 
-def _restore(path: Path, modules: dict, optimizer, lr_sched) -> tuple[int, list[dict]]:
+def _restore(path: Path, modules: dict, optimizer, lr_sched, scaler) -> tuple[int, list[dict]]:
     from .lora import has_lora, load_adapter_state
     for name, m in modules.items():
         weights = load_file(str(path / f"{name}.safetensors"))
@@ -151,6 +168,8 @@ def _restore(path: Path, modules: dict, optimizer, lr_sched) -> tuple[int, list[
     opt = load_torch(path / "optimizer.pt")
     optimizer.load_state_dict(opt["optimizer"])
     lr_sched.load_state_dict(opt["lr_scheduler"])
+    if scaler is not None and "scaler" in opt:
+        scaler.load_state_dict(opt["scaler"])
     state = json.loads((path / "state.json").read_text())
     return state["step"], state["history"]
 

@@ -52,10 +52,11 @@ def cmd_cache(args, cfg):
 
 
 def cmd_sample(args, cfg):
-    from .pipeline import load_pipeline, pick_device, sample
+    from .pipeline import load_pipeline, pick_device, sample, sampling_dtype
     from .plots import save_grid
     src = args.model or (cfg.output_dir if (Path(cfg.output_dir) / "model_index.json").exists() else cfg.model.pretrained)
-    pipe = load_pipeline(src, device=pick_device(cfg.trainer.device))
+    device = pick_device(cfg.trainer.device)
+    pipe = load_pipeline(src, device=device, dtype=sampling_dtype(device))
     s = cfg.model.sampling
     prompts = args.prompt or [cfg.model.data.instance_prompt]
     images, labels = [], []

@@ -224,6 +224,8 @@ def settings(profile: str | None = None, work: Path | None = None, **cell) -> Co
         values["precision"], values["gpu_why"] = gpu["trainer.precision"], gpu["why"]
         for key, setting_name in GPU_KEYS.items():
             values[setting_name], sources[setting_name] = gpu[key], "this GPU"
+    if name != "toy" and values["lora_rank"] == 0:      # a full fine-tuning checkpoint is 3x the UNet: not for Drive
+        values["checkpoint_every"], sources["checkpoint_every"] = 0, "full fine-tuning"
     if os.environ.get("DBTUTOR_PRETRAINED"):
         values["pretrained"], sources["pretrained"] = os.environ["DBTUTOR_PRETRAINED"], "DBTUTOR_PRETRAINED"
     for key in ("subject_dir", "class_noun"):

@@ -262,8 +262,8 @@ def evaluate(model, subject_dir, backend: str = "judge", num_samples: int = 4, c
     real = [load_image(p) for p in scan_images(subject_dir, "the subject folder")]
     pipe = model
     if isinstance(model, (str, Path)):
-        from .pipeline import load_pipeline
-        pipe = load_pipeline(model, device=device)
+        from .pipeline import load_pipeline, sampling_dtype
+        pipe = load_pipeline(model, device=device, dtype=sampling_dtype(device))
     samples = generate(pipe, ps, num_samples, class_samples, seed, num_inference_steps, guidance_scale, scheduler)
     metrics, per = score_judge(samples, real, ps, scorer) if backend == "judge" else score_clip(samples, real, ps, scorer)
     if grid is not None:

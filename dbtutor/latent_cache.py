@@ -166,5 +166,5 @@ class LatentSource:
             px = collate([self.dataset[i] for i in idx.tolist()])["pixel_values"]
             with torch.no_grad():
                 post = self.vae.encode(px.to(self.vae.device, self.vae.dtype)).latent_dist
-            mean, logvar = post.mean, post.logvar
+            mean, logvar = post.mean.float(), post.logvar.float()   # a VAE in half precision (GPU) encodes in it
         return (mean + torch.exp(0.5 * logvar) * eps.to(mean.device, mean.dtype)) * self.vae.config.scaling_factor

@@ -15,6 +15,17 @@ from .fileio import atomic_path, sha256_file
 
 SCHEDULERS = {"dpm": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
               "euler": "EulerDiscreteScheduler"}
+# images of this side or larger are decoded one at a time (VAE slicing): one 512 px decode in float32 holds about
+# 1 GB of activations, so a batch of 25 would need 25 GB. Below it batches stay whole: at 64 px (1/64 of the pixels)
+# 25 images take about 0.4 GB, and decoding them one by one on a CPU takes 1.3-1.5x as long and changes pixels by
+# up to 1 level (python bench/vae_slicing.py).
+SLICE_FROM_PX = 256
+
+
+def sampling_dtype(device) -> torch.dtype:
+    """The dtype a pipeline that only samples is loaded in: float16 on a CUDA GPU (half the memory, tensor cores,
+    what diffusers samples in there), float32 elsewhere."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -202,7 +213,9 @@ def sample(pipe, prompts: list[str] | str, seeds: list[int] | int = 0, num_infer
            guidance_scale: float = 5.0, scheduler: str | None = "dpm", batch_size: int = 25, negative_prompt=None):
     """One image per (prompt, seed) pair, generated in batches; each image depends only on its own seed.
 
-    `prompts` and `seeds` are broadcast: one prompt with many seeds, or one seed per prompt."""
+    `prompts` and `seeds` are broadcast: one prompt with many seeds, or one seed per prompt. On a CUDA GPU sampling
+    runs under float16 autocast (tensor cores), so a float32 pipeline such as the one train() trains needs no float16
+    copy of its own. Images of SLICE_FROM_PX or more are decoded one at a time."""
     if isinstance(prompts, str):
         prompts = [prompts]
     if isinstance(seeds, int):
@@ -214,13 +227,18 @@ def sample(pipe, prompts: list[str] | str, seeds: list[int] | int = 0, num_infer
     if scheduler:
         set_scheduler(pipe, scheduler)
     device = pipe.unet.device
+    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    if shape[-1] * pipe.vae_scale_factor >= SLICE_FROM_PX:
+        pipe.vae.enable_slicing()
+    half = device.type == "cuda"          # also a pipeline whose parts differ in dtype (frozen weights in half)
     images = []
     for i in range(0, len(prompts), batch_size):
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i:i + batch_size]]
-        shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
         latents = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, pipe.unet.dtype)
-        out = pipe(prompts[i:i + batch_size], num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                   latents=latents, negative_prompt=negative_prompt and [negative_prompt] * len(gens))
+        with torch.autocast("cuda", dtype=torch.float16, enabled=half):
+            out = pipe(prompts[i:i + batch_size], num_inference_steps=num_inference_steps,
+                       guidance_scale=guidance_scale, latents=latents,
+                       negative_prompt=negative_prompt and [negative_prompt] * len(gens))
         images += out.images
     return images
 

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from .data import list_image_files, load_image
 from .errors import DataError
 from .fileio import fault_point, remove_stale_temps, save_image, write_json
-from .pipeline import load_pipeline, model_fingerprint, sample
+from .pipeline import load_pipeline, model_fingerprint, sample, sampling_dtype
 
 PATTERN = "class_{:05d}.png"
 PROVENANCE = "dbtutor-class-images.json"   # which base model and prompt made this folder's class images
@@ -110,9 +110,10 @@ def generate_regularization(cfg, pipe=None, rank: int = 0, world_size: int = 1, 
     for j in todo:
         if (folder / PATTERN.format(j)).exists():
             warnings.warn(f"{folder / PATTERN.format(j)} is not a usable image: generating it again", stacklevel=2)
-    if pipe is None:
-        from .pipeline import pick_device
-        pipe = load_pipeline(cfg.model.pretrained, device=pick_device(cfg.trainer.device))
+    if pipe is None:                        # on a GPU in float16 (inside train() its float32 pipeline samples under
+        from .pipeline import pick_device   # float16 autocast there: see pipeline.sample)
+        device = pick_device(cfg.trainer.device)
+        pipe = load_pipeline(cfg.model.pretrained, device=device, dtype=sampling_dtype(device))
     s = cfg.model.sampling
     written = []
     bs = d.num_images_per_prompt

@@ -38,7 +38,7 @@ def saved_run(out, cfg) -> tuple[int, list[dict]] | None:
         raise DataError(f"{out}: history.json or dreambooth.yaml cannot be read ({type(e).__name__}): use another "
                         "output_dir, or trainer.resume=false to start over") from None
     was, now = ckpt.fingerprint(saved), ckpt.fingerprint(cfg)
-    diff = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+    diff = ckpt.changed_keys(was, now)
     if diff:
         raise ConfigError(f"{out} holds a pipeline trained with another config ({diff[0]}: {was.get(diff[0])!r} there, "
                           f"{now.get(diff[0])!r} now): use another output_dir, or trainer.resume=false to start over")
@@ -106,7 +106,7 @@ def start_point(cfg, accelerator, modules: dict, optimizer, lr_lambda) -> Start:
         return Start(lr_sched, step, history, "pipeline", finished=step == tr.max_steps)
     lr_sched = LambdaLR(optimizer, lr_lambda)
     if state is not None:
-        step, history = ckpt.restore(state, modules, optimizer, lr_sched)
+        step, history = ckpt.restore(state, modules, optimizer, lr_sched, accelerator.scaler)
         if accelerator.is_main_process:
             print(f"resuming from {state} (step {step})")
         done = saved is not None and saved[0] == step == tr.max_steps

@@ -15,11 +15,13 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .config import cached_dirs
 from .data import scan_images
-from .errors import ConfigError, TrainingError
+from .errors import TrainingError
 from .fileio import fault_point, write_json
 from .latent_cache import LatentSource
 from .locks import hold
 from .pipeline import check_pretrained, load_pipeline, pick_device
+from .precision import (check_precision, half_frozen, loss_scale, make_accelerator, make_optimizer, restore_frozen,
+                        scaler_record)
 from .regularization import generate_regularization, missing_indices
 from .resume import start_point
 
@@ -52,21 +54,13 @@ def preflight(cfg):
     d = cfg.model.data
     check_pretrained(cfg.model.pretrained)
     paths = scan_images(d.instance_dir, "model.data.instance_dir")
-    if cfg.trainer.precision == "16" and pick_device(cfg.trainer.device).type != "cuda":
-        raise ConfigError("trainer.precision=16 needs a CUDA GPU; on a CPU use 32 or bf16")
+    check_precision(cfg, pick_device(cfg.trainer.device))
     return paths
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     """All randomness of a step comes from (seed, step): a resumed run draws exactly what an unbroken one does."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
-def make_optimizer(cfg, params, device) -> torch.optim.AdamW:
-    """AdamW; fused (one kernel over all tensors) on CPU and CUDA: on a CPU about 5x faster than the default
-    per-tensor loop, which otherwise costs as much as the UNet's backward when the text encoder trains (bench/)."""
-    fused = torch.device(device).type in ("cpu", "cuda")
-    return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=fused or None)
 
 
 def clip_gradients(accelerator, params, max_norm: float):
@@ -114,12 +108,9 @@ def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
 
     `callback(record)` is called after every step with that step's history record. The run holds output_dir's
     lock throughout (another run on it: LockedError at once, or it waits as trainer.wait_for_lock says)."""
-    from accelerate import Accelerator
     t0 = time.time()
     instance_paths = preflight(cfg)
-    device = pick_device(cfg.trainer.device)
-    precision = {"32": "no", "bf16": "bf16", "16": "fp16"}[cfg.trainer.precision]
-    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+    accelerator = make_accelerator(cfg, pick_device(cfg.trainer.device))
     with hold(cfg.output_dir, "output_dir", cfg.trainer.wait_for_lock, accelerator):
         return _train(cfg, accelerator, instance_paths, progress, callback, t0)
 
@@ -175,6 +166,8 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
     from .lora import add_lora, trainable_parameters
     add_lora(cfg, unet, text_encoder)
     _configure(cfg, unet, text_encoder)
+    parts = {"unet": unet, "text_encoder": text_encoder, "vae": vae}
+    kept = half_frozen(cfg, parts, device)     # GPU + 16/bf16: frozen weights in half, their float32 on the CPU
     params = trainable_parameters(cfg, unet, text_encoder)
     optimizer = make_optimizer(cfg, params, device)
     modules = {"unet": unet, "text_encoder": text_encoder} if m.train_text_encoder else {"unet": unet}
@@ -182,6 +175,10 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
     start, history, lr_sched = begin.step, begin.history, begin.lr_sched
     unet_p = accelerator.prepare(unet)
     te_p = accelerator.prepare(text_encoder) if m.train_text_encoder else text_encoder
+    # through accelerate, as diffusers' scripts do: with fp16 its GradScaler unscales the gradients (before clipping),
+    # skips a step that overflowed and adapts the scale. The lr schedule is not prepared: accelerate would step it
+    # once per process (and not on a skipped step); here it is a function of the step number (see precision.py)
+    optimizer = accelerator.prepare(optimizer)
     if m.compile:
         unet_p = torch.compile(unet_p)
     B = tr.batch_size
@@ -214,11 +211,14 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
             target = noise if noise_scheduler.config.prediction_type == "epsilon" \
                 else noise_scheduler.get_velocity(z, noise, t)
             loss, inst_loss, prior_loss = dreambooth_loss(pred, target, prior, m.prior_loss_weight)
-            # the mean over processes = the loss of the global batch; every process sees it (and a NaN) alike
+            # the mean over processes = the loss of the global batch; every process sees it (and a NaN) alike. A
+            # loss that is not finite came from the forward pass, which no loss scale changes: stop. (With fp16 the
+            # loss can be finite and its scaled gradients overflow: the scaler skips that step, see precision.py.)
             logged = accelerator.reduce(torch.stack([loss, inst_loss, prior_loss]).detach().float(), "mean")
             if not torch.isfinite(logged[0]):
                 raise TrainingError(f"loss is {logged[0].item()} at step {step}: lower optim.lr or use "
                                     f"trainer.precision=32; the last good checkpoint in {out / 'checkpoints'} is kept")
+            scale = loss_scale(accelerator)     # None unless fp16 on CUDA
             accelerator.backward(loss)
             if cfg.optim.max_grad_norm:
                 clip_gradients(accelerator, params, cfg.optim.max_grad_norm)
@@ -226,7 +226,8 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
             lr_sched.step()
             optimizer.zero_grad(set_to_none=True)
             rec = {"step": step + 1, "loss": logged[0].item(), "instance_loss": logged[1].item(),
-                   "prior_loss": logged[2].item(), "lr": lr_sched.get_last_lr()[0]}
+                   "prior_loss": logged[2].item(), "lr": lr_sched.get_last_lr()[0],
+                   **scaler_record(accelerator, scale, step + 1, out)}
             history.append(rec)
             bar.set_postfix(instance=f"{rec['instance_loss']:.3f}", prior=f"{rec['prior_loss']:.3f}", refresh=False)
             if callback:
@@ -237,11 +238,12 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
             fault_point("step")
             if stop.requested:                  # no barrier here: the other processes may be gone already
                 if step + 1 > last_saved and accelerator.is_main_process:
-                    ckpt.save(out, cfg, modules, optimizer, lr_sched, step + 1, history, world)
+                    ckpt.save(out, cfg, modules, optimizer, lr_sched, step + 1, history, world, accelerator.scaler)
                 raise KeyboardInterrupt
     finally:                                    # a second Ctrl-C stops at once, keeping the last checkpoint
         stop.restore()
     bar.close()
+    restore_frozen(parts, kept)                 # the saved and returned pipeline: float32, frozen parts as loaded
     if tr.keep_checkpoints and not begin.finished:
         _save(accelerator, out, cfg, modules, optimizer, lr_sched, tr.max_steps, history)
     accelerator.wait_for_everyone()
@@ -272,5 +274,5 @@ def _noise_scheduler(pipe):
 def _save(accelerator, out, cfg, modules, optimizer, lr_sched, step, history):
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        ckpt.save(out, cfg, modules, optimizer, lr_sched, step, history, accelerator.num_processes)
+        ckpt.save(out, cfg, modules, optimizer, lr_sched, step, history, accelerator.num_processes, accelerator.scaler)
     accelerator.wait_for_everyone()

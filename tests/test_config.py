@@ -57,6 +57,7 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     ("model.data.center_crop=false", "center_crop"),
     ("nonsense", "key=value"),
     ("trainer.keep_checkpoints=last", "trainer.keep_checkpoints=last must be true or false"),
+    ("optim.use_8bit_adam=yes please", "optim.use_8bit_adam=yes please must be true or false"),
     ("trainer.wait_for_lock=-5", "trainer.wait_for_lock=-5 must be false"),
     ("trainer.wait_for_lock=soon", "trainer.wait_for_lock=soon must be false"),
 ])

@@ -118,6 +118,14 @@ def test_resume_refuses_a_changed_config(tiny_config, tmp_path):
         dbtutor.train(tiny_config(**{"output_dir": str(tmp_path / "o"), "model.prior_loss_weight": 0.3}))
 
 
+def test_a_key_added_after_a_run_was_saved_counts_as_its_default():
+    from dbtutor.checkpoint import changed_keys
+    old = {"optim.lr": 1e-4}                                  # saved before optim.use_8bit_adam existed
+    assert changed_keys(old, {"optim.lr": 1e-4, "optim.use_8bit_adam": False}) == []
+    assert changed_keys(old, {"optim.lr": 1e-4, "optim.use_8bit_adam": True}) == ["optim.use_8bit_adam"]
+    assert changed_keys(old, {"optim.lr": 2e-4, "optim.use_8bit_adam": False}) == ["optim.lr"]
+
+
 @pytest.mark.slow
 def test_v_prediction_checkpoint_trains_against_velocity(tmp_path, tiny_config, monkeypatch):
     from diffusers import DDPMScheduler
