@@ -176,7 +176,7 @@ PIPELINE_NEW, PIPELINE_OLD, READY = ".pipeline.new", ".pipeline.old", ".ready"
 
 
 def save_pipeline(pipe, cfg, out, history):
-    """Save a complete diffusers pipeline into `out`, with history.json and dreambooth.yaml.
+    """Save a complete diffusers pipeline into `out`, with history.json, dreambooth.yaml and a model card.
 
     Crash-safe: the new pipeline is written whole into out/.pipeline.new first (the old output stays loadable
     all that time), then its parts are swapped in by renames, with model_index.json moved away first and moved
@@ -196,6 +196,9 @@ def save_pipeline(pipe, cfg, out, history):
     sd_layout(new)                      # as SD's folders, which transformers 4 reads too (5 saves another)
     write_json(new / "history.json", history)
     write_text(new / "dreambooth.yaml", OmegaConf.to_yaml(cfg))
+    from .card import SAMPLES, sample_grid, write_card
+    sample_grid(pipe, cfg, new / SAMPLES)   # a few samples, then the model card (README.md) that shows them
+    write_card(new, cfg, history, name=str(out))
     fsync_tree(new)
     write_json(new / READY, sorted(p.name for p in new.iterdir()))   # the list of parts; written last
     fault_point("pipeline")
@@ -204,8 +207,9 @@ def save_pipeline(pipe, cfg, out, history):
 
 def _pipeline_parts(index: Path) -> set[str]:
     """The entries of `out` that belong to the pipeline described by a model_index.json (if it is readable)."""
+    from .card import CARD, SAMPLES
     from .lora import WEIGHT_NAME
-    parts = {WEIGHT_NAME}               # an earlier LoRA run's adapters would not match a new pipeline
+    parts = {WEIGHT_NAME, CARD, SAMPLES}    # an earlier run's adapters, card and samples would not match a new one
     try:
         parts |= {k for k, v in json.loads(index.read_text()).items()
                   if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None}
