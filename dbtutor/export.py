@@ -51,8 +51,8 @@ def _refuse(run, why: str):
 def check_architecture(run, unet: dict, vae: dict, text_encoder: dict) -> str:
     """Refuse (one line) configs whose block structure has no SD original layout; return 'v1' (OpenAI CLIP text
     encoder) or 'v2' (OpenCLIP's, GELU)."""
-    got = (f"UNet of {len(unet.get('down_block_types', []))} levels of {unet.get('layers_per_block')} layers, "
-           f"VAE of {len(vae.get('down_block_types', []))} levels of {vae.get('layers_per_block')}; SD's have 4 of 2")
+    got = (f"levels x layers: UNet {len(unet.get('down_block_types', []))} x {unet.get('layers_per_block')}, VAE "
+           f"{len(vae.get('down_block_types', []))} x {vae.get('layers_per_block')}; SD's are {LEVELS} x {LAYERS}")
     if list(unet.get("down_block_types", [])) != SD_DOWN or list(unet.get("up_block_types", [])) != SD_UP \
             or unet.get("layers_per_block") != LAYERS or len(vae.get("down_block_types", [])) != LEVELS \
             or vae.get("layers_per_block") != LAYERS:
