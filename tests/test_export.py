@@ -169,3 +169,47 @@ def test_cli_export_writes_atomically(sd15_run, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [out.name]   # its temp is hidden
     assert main(["export", str(run), "--out", str(out), "--half"]) == 0
     assert "a Stable Diffusion checkpoint" in capsys.readouterr().out and len(load_file(str(out))) > 900
+
+
+OFFLINE_SCRIPT = """
+import os, sys
+for i, code in enumerate(sys.argv[1:]):
+    exec(code, {})
+    os.replace("sample.png", f"{i}.png")
+"""
+
+
+def card_code(run) -> str:
+    """The diffusers code of the run's model card, as a user would paste it."""
+    import re
+    text = (Path(run) / "README.md").read_text()
+    return re.search(r"## Use it with diffusers\n\n```python\n(.*?)```", text, re.S)[1]
+
+
+def test_what_the_card_says_works_offline(sd15_run, tmp_path):
+    """The model card's loading code for a LoRA and a full run, and the from_single_file line it gives for the
+    exported file, run with HF_HUB_OFFLINE=1 (diffusers 0.30 refuses load_lora_weights(folder) offline without
+    weight_name), in a fresh process: each draws what dbtutor draws from the run."""
+    import re
+
+    from PIL import Image
+
+    from dbtutor.pipeline import load_pipeline, sample
+    lora = sd15_run("lora_True", **{"model.lora.rank": 4, "model.lora.alpha": 8, "optim.lr": 1e-2,
+                                    "model.train_text_encoder": True})
+    full = sd15_run("full", **{"model.train_text_encoder": True})
+    exported = tmp_path / "sks_ball.safetensors"
+    export(full, exported)
+    single = re.search(r"`(StableDiffusionPipeline\.from_single_file\(.*?\))`", (full / "README.md").read_text())[1]
+    assert f"config={str(full)!r}" in single
+    single_code = card_code(full).replace(f"StableDiffusionPipeline.from_pretrained({str(full)!r})", single)
+    assert single_code != card_code(full)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT, card_code(lora), card_code(full), single_code],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for i, run in enumerate((lora, full, full)):
+        pipe = load_pipeline(run)
+        want = np.asarray(sample(pipe, "a photo of sks ball", 0, 2, 5.0, "dpm")[0], dtype=np.int16)
+        got = np.asarray(Image.open(tmp_path / f"{i}.png"), dtype=np.int16)
+        assert np.abs(got - want).max() <= 1, i       # 8-bit images: at most one level of rounding
