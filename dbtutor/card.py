@@ -86,7 +86,8 @@ def grid_prompts(cfg) -> list[str]:
 @torch.no_grad()
 def sample_grid(pipe, cfg, path) -> Path | None:
     """The card's picture: the instance and the class prompt x model.sampling.card_seeds seeds (0, 1, ...), at
-    model.sampling's settings; the pipeline's scheduler, training mode and the global RNG are left as they were."""
+    model.sampling's settings, one image at a time (the optimizer state may still fill the GPU); the pipeline's
+    scheduler, training mode and the global RNG are left as they were."""
     from .pipeline import sample
     from .plots import save_grid
     s = cfg.model.sampling
@@ -100,7 +101,7 @@ def sample_grid(pipe, cfg, path) -> Path | None:
             for m in modes:
                 getattr(pipe, m).eval()
             images = sample(pipe, [p for p in prompts for _ in range(n)], [i for _ in prompts for i in range(n)],
-                            s.num_inference_steps, s.guidance_scale, s.scheduler)
+                            s.num_inference_steps, s.guidance_scale, s.scheduler, batch_size=1)   # least memory
     finally:
         pipe.scheduler = scheduler
         for m, training in modes.items():
@@ -179,7 +180,7 @@ def card_text(folder, cfg, history: list, evaluation: dict | None = None, name: 
     trained = "UNet and text encoder" if m.train_text_encoder else "UNet (text encoder frozen)"
     prior = (f"yes, λ = {m.prior_loss_weight}, {d.num_reg_images} class images of '{d.regularization_prompt}'"
              if m.with_prior_preservation else "no")
-    last = history[-10:]
+    last = [h for h in history[-10:] if "instance_loss" in h and "prior_loss" in h]
     loss = (f"instance {sum(h['instance_loss'] for h in last) / len(last):.4f}, prior "
             f"{sum(h['prior_loss'] for h in last) / len(last):.4f} (mean of the last {len(last)} steps)") if last else "-"
     out = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(), "---", "",

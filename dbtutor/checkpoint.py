@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -197,8 +198,13 @@ def save_pipeline(pipe, cfg, out, history):
     write_json(new / "history.json", history)
     write_text(new / "dreambooth.yaml", OmegaConf.to_yaml(cfg))
     from .card import SAMPLES, sample_grid, write_card
-    sample_grid(pipe, cfg, new / SAMPLES)   # a few samples, then the model card (README.md) that shows them
-    write_card(new, cfg, history, name=str(out))
+    try:                                # a few samples for the model card; never worth losing the run over
+        sample_grid(pipe, cfg, new / SAMPLES)
+    except Exception as e:              # e.g. out of GPU memory
+        why = str(e).splitlines()[0][:120] if str(e) else ""
+        warnings.warn(f"no sample grid in the model card ({type(e).__name__}: {why}); "
+                      "set model.sampling.card_seeds=0 to skip it")
+    write_card(new, cfg, history, name=str(out))            # the model card, README.md
     fsync_tree(new)
     write_json(new / READY, sorted(p.name for p in new.iterdir()))   # the list of parts; written last
     fault_point("pipeline")

@@ -34,6 +34,9 @@ VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out
             "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}     # the last four: older diffusers
 OPENCLIP = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
             "self_attn.out_proj": "attn.out_proj"}
+CLIP_KEY = re.compile(r"text_model\.(embeddings\.(token|position)_embedding\.weight|final_layer_norm\.(weight|bias)|"
+                      r"encoder\.layers\.\d+\.(self_attn\.[qkv]_proj|self_attn\.out_proj|layer_norm[12]|mlp\.fc[12])"
+                      r"\.(weight|bias))")
 USE_FOLDER = "use the diffusers folder directly, e.g. StableDiffusionPipeline.from_pretrained('{run}')"
 
 
@@ -156,7 +159,7 @@ def convert_unet(run, state: dict) -> dict:
 def convert_vae(run, state: dict) -> dict:
     out = {}
     for k, v in _convert(run, "VAE", state, vae_key).items():
-        if ".mid.attn_1." in k and k.endswith("weight") and not k.split(".")[-2] == "norm" and v.ndim == 2:
+        if ".mid.attn_1." in k and v.ndim == 2:
             v = v.reshape(*v.shape, 1, 1)             # SD's VAE attention uses 1x1 convolutions
         out[f"first_stage_model.{k}"] = v
     return out
@@ -167,7 +170,10 @@ def convert_text_encoder(run, state: dict, version: str) -> dict:
     or, for SD 2.x, OpenCLIP's cond_stage_model.model.* (q, k, v joined into in_proj)."""
     state = {(k if k.startswith("text_model.") else f"text_model.{k}"): v for k, v in state.items()
              if not k.endswith("position_ids")}
-    if version == "v1":
+    if version == "v1":                               # the same names under cond_stage_model.transformer.
+        for k in state:
+            if not CLIP_KEY.fullmatch(k):
+                _refuse(run, f"its text-encoder weight {k} has no place in CLIP's layout")
         return {f"cond_stage_model.transformer.{k}": v for k, v in state.items()}
     out, qkv = {}, {}
     for k, v in state.items():

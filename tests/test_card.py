@@ -120,3 +120,14 @@ def test_push_dry_run_lists_files_offline(tiny_config, monkeypatch, capsys):
     assert main(["push", str(out), "--repo-id", "not a repo", "--dry-run"]) == 2
     assert "not a Hub repo id" in capsys.readouterr().err
     assert main(["push", str(Path(out).parent), "--repo-id", "x/y", "--dry-run"]) == 2
+
+
+def test_a_failing_sample_grid_costs_only_the_grid(tiny_config, monkeypatch):
+    import dbtutor.pipeline
+
+    def out_of_memory(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+    monkeypatch.setattr(dbtutor.pipeline, "sample", out_of_memory)
+    with pytest.warns(UserWarning, match="no sample grid in the model card .RuntimeError: CUDA out of memory"):
+        out = dbtutor.train(tiny_config(**{"trainer.max_steps": 1})).output_dir
+    assert (out / "model_index.json").exists() and (out / CARD).exists() and not (out / SAMPLES).exists()

@@ -150,6 +150,11 @@ def test_other_architectures_are_refused_in_one_line(tiny_config, tmp_path):
     lora = dbtutor.train(tiny_config(**{"model.lora.rank": 2, "trainer.max_steps": 1, "trainer.checkpoint_every": 0}))
     with pytest.raises(NotStableDiffusion, match="attention blocks"):                  # the tiny UNet's adapters
         export(lora.output_dir, out)
+    from dbtutor.export import convert_text_encoder, convert_unet
+    with pytest.raises(NotStableDiffusion, match=r"UNet weight mystery\.weight has no place"):
+        convert_unet("run", {"conv_in.weight": torch.zeros(1), "mystery.weight": torch.zeros(1)})
+    with pytest.raises(NotStableDiffusion, match="text_projection.weight has no place in CLIP's layout"):
+        convert_text_encoder("run", {"text_projection.weight": torch.zeros(1)}, "v1")
     with pytest.raises(DataError, match="neither a trained pipeline"):
         export(tmp_path, out)
     with pytest.raises(ConfigError, match=r"\.safetensors"):
@@ -213,3 +218,25 @@ def test_what_the_card_says_works_offline(sd15_run, tmp_path):
         want = np.asarray(sample(pipe, "a photo of sks ball", 0, 2, 5.0, "dpm")[0], dtype=np.int16)
         got = np.asarray(Image.open(tmp_path / f"{i}.png"), dtype=np.int16)
         assert np.abs(got - want).max() <= 1, i       # 8-bit images: at most one level of rounding
+
+
+def test_a_lora_run_without_its_merged_copy_exports_and_has_a_card(sd15_run, tmp_path):
+    """Adapters, dreambooth.yaml and history.json are enough: export and the model card need no merged pipeline."""
+    import shutil
+
+    from dbtutor.card import CARD, refresh_card
+    run = sd15_run("lora_True", **{"model.lora.rank": 4, "model.lora.alpha": 8, "optim.lr": 1e-2,
+                                   "model.train_text_encoder": True})
+    slim = tmp_path / "slim"
+    slim.mkdir()
+    for name in (WEIGHT_NAME, "dreambooth.yaml", "history.json"):
+        shutil.copy(run / name, slim / name)
+    export(run, tmp_path / "a.safetensors")
+    export(slim, tmp_path / "b.safetensors")
+    a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(DataError, match="adapters only"):
+        export(slim, tmp_path / "c.safetensors", merged=True)
+    text = refresh_card(slim).read_text()
+    assert "pipe.load_lora_weights(" in text and "merged in" not in text and "dbtutor export" in text
+    assert (slim / CARD).exists()
