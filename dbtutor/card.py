@@ -89,7 +89,6 @@ def sample_grid(pipe, cfg, path) -> Path | None:
     model.sampling's settings, one image at a time (the optimizer state may still fill the GPU); the pipeline's
     scheduler, training mode and the global RNG are left as they were."""
     from .pipeline import sample
-    from .plots import save_grid
     s = cfg.model.sampling
     n = int(s.get("card_seeds", 2))
     if n <= 0:
@@ -106,7 +105,20 @@ def sample_grid(pipe, cfg, path) -> Path | None:
         pipe.scheduler = scheduler
         for m, training in modes.items():
             getattr(pipe, m).train(training)
-    return save_grid(images, path, rows=len(prompts), row_labels=prompts, col_labels=[f"seed {i}" for i in range(n)])
+    return tile(images, len(prompts), path)
+
+
+def tile(images, rows: int, path, gap: int = 4) -> Path:
+    """The images in `rows` rows on white, saved atomically (PIL: a few ms; the card's text names rows and columns)."""
+    from PIL import Image
+
+    from .fileio import save_image
+    cols, (w, h) = len(images) // rows, images[0].size
+    grid = Image.new("RGB", (cols * w + (cols - 1) * gap, rows * h + (rows - 1) * gap), "white")
+    for i, im in enumerate(images):
+        grid.paste(im.convert("RGB"), ((i % cols) * (w + gap), (i // cols) * (h + gap)))
+    save_image(grid, path)
+    return Path(path)
 
 
 def _evaluation(run) -> dict | None:
