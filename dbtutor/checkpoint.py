@@ -24,7 +24,8 @@ RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.progress", "trainer.checkpoin
                      "trainer.keep_checkpoints", "trainer.wait_for_lock", "trainer.device", "model.data.num_workers",
                      "output_dir", "model.pretrained", "model.data.instance_dir", "model.data.regularization_dir",
                      "model.data.cached_instance_dir", "model.data.cached_reg_dir", "model.compile",
-                     "model.channels_last", "model.gradient_checkpointing", "model.attention", "model.sampling"}
+                     "model.channels_last", "model.gradient_checkpointing", "model.attention", "model.sampling",
+                     "model.lora.save_merged"}
 
 
 def _flat(d, prefix=""):
@@ -177,7 +178,8 @@ PIPELINE_NEW, PIPELINE_OLD, READY = ".pipeline.new", ".pipeline.old", ".ready"
 
 
 def save_pipeline(pipe, cfg, out, history):
-    """Save a complete diffusers pipeline into `out`, with history.json, dreambooth.yaml and a model card.
+    """Save a complete diffusers pipeline into `out`, with history.json, dreambooth.yaml, a model card (README.md)
+    and its samples (a LoRA run with model.lora.save_merged=false: the adapters alone, with the same four files).
 
     Crash-safe: the new pipeline is written whole into out/.pipeline.new first (the old output stays loadable
     all that time), then its parts are swapped in by renames, with model_index.json moved away first and moved
@@ -192,9 +194,12 @@ def save_pipeline(pipe, cfg, out, history):
     pipe.unet.to(memory_format=torch.contiguous_format)
     from .lora import fuse_lora, save_lora
     save_lora(pipe, cfg, new)           # LoRA: the adapters alone, for base + load_lora_weights(out) ...
-    fuse_lora(pipe)                     # ... and the pipeline with them merged in, for from_pretrained(out)
-    pipe.save_pretrained(new, safe_serialization=True)
-    sd_layout(new)                      # as SD's folders, which transformers 4 reads too (5 saves another)
+    if not cfg.model.lora.rank or cfg.model.lora.save_merged:
+        fuse_lora(pipe)                 # ... and the pipeline with them merged in, for from_pretrained(out)
+        pipe.save_pretrained(new, safe_serialization=True)
+        sd_layout(new)                  # as SD's folders, which transformers 4 reads too (5 saves another)
+    else:
+        new.mkdir(parents=True, exist_ok=True)
     write_json(new / "history.json", history)
     write_text(new / "dreambooth.yaml", OmegaConf.to_yaml(cfg))
     from .card import SAMPLES, sample_grid, write_card

@@ -147,7 +147,7 @@ def validate(cfg: DictConfig):
         v = OmegaConf.select(cfg, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{key}={v} must be a whole number >= 0")
-    for key in ("trainer.keep_checkpoints", "trainer.resume"):
+    for key in ("trainer.keep_checkpoints", "trainer.resume", "model.lora.save_merged"):
         if not isinstance(OmegaConf.select(cfg, key), bool):
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be true or false")
     wait = cfg.trainer.wait_for_lock

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from . import checkpoint as ckpt
 from .errors import ConfigError, DataError
 
-RUN_FILES = ("model_index.json", "history.json", "dreambooth.yaml")   # a pipeline that dbtutor.train saved
+RUN_FILES = ("history.json", "dreambooth.yaml")   # with model_index.json (a pipeline) or LoRA adapters: a saved run
 
 
 @dataclass
@@ -26,8 +26,10 @@ class Start:
 def saved_run(out, cfg) -> tuple[int, list[dict]] | None:
     """(steps, loss history) of the pipeline in `out` if dbtutor.train saved it with this training config;
     None if `out` holds none; ConfigError if it was trained with another config."""
+    from .lora import WEIGHT_NAME
     out = Path(out)
-    if not all((out / name).exists() for name in RUN_FILES):
+    weights = (out / "model_index.json").exists() or (cfg.model.lora.rank and (out / WEIGHT_NAME).exists())
+    if not weights or not all((out / name).exists() for name in RUN_FILES):
         return None
     try:
         history = json.loads((out / "history.json").read_text())

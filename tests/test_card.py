@@ -49,9 +49,11 @@ def test_every_saved_run_has_a_model_card(tiny_config):
 
 
 def test_a_lora_run_card_and_no_grid(tiny_config):
+    """A LoRA run saved as its adapters alone (no merged pipeline) has its card too."""
     out = dbtutor.train(tiny_config(**{"model.lora.rank": 2, "model.with_prior_preservation": False,
-                                       "model.sampling.card_seeds": 0})).output_dir
+                                       "model.sampling.card_seeds": 0, "model.lora.save_merged": False})).output_dir
     meta, body = front_matter((out / CARD).read_text())
+    assert not (out / "model_index.json").exists() and "merged in" not in body
     assert "lora" in meta["tags"] and not (out / SAMPLES).exists() and "![samples]" not in body
     assert "| prior preservation | no |" in body and "| LoRA rank | 2 |" in body
     assert f"pipe.load_lora_weights({str(out)!r}, weight_name={WEIGHT_NAME!r})" in body

@@ -104,3 +104,21 @@ def test_full_fine_tuning_writes_no_adapters(tiny_config):
     (Path(cfg.output_dir) / WEIGHT_NAME).write_bytes(b"from an earlier LoRA run")
     res = dbtutor.train(cfg)
     assert not (res.output_dir / WEIGHT_NAME).exists()
+
+
+def test_a_lora_run_can_be_saved_as_its_adapters_alone(tiny_config, tmp_path, capsys):
+    """model.lora.save_merged=false: the run folder holds the adapters, history.json and dreambooth.yaml (no merged
+    pipeline); the returned pipeline, the base + the adapters, and a rerun that finds the run all draw alike."""
+    cfg = lora_cfg(tiny_config, output_dir=str(tmp_path / "run"), **{"model.lora.save_merged": False})
+    res = dbtutor.train(cfg)
+    out = tmp_path / "run"
+    assert {p.name for p in out.iterdir()} >= {WEIGHT_NAME, "history.json", "dreambooth.yaml"}
+    assert not (out / "model_index.json").exists() and not (out / "unet").exists()
+    base = StableDiffusionPipeline.from_pretrained(cfg.model.pretrained)
+    base.load_lora_weights(out, weight_name=WEIGHT_NAME)
+    own = render(res.pipe)
+    assert np.abs(render(base) - own).max() < 1e-4
+    capsys.readouterr()
+    again = dbtutor.train(cfg)                                     # found: nothing to train
+    assert "nothing to train" in capsys.readouterr().out and not again.saved
+    assert np.abs(render(again.pipe) - own).max() < 1e-5
