@@ -131,7 +131,7 @@ def _evaluation(run) -> dict | None:
     return res if stamp and isinstance(res, dict) and res.get("run") == stamp else None
 
 
-def _load_code(cfg, run: str, kind: str) -> str:
+def _load_code(cfg, run: str, kind: str, base: str) -> str:
     """The diffusers lines that load this run, as the card shows them (tests run them offline)."""
     from .lora import WEIGHT_NAME
     s, d = cfg.model.sampling, cfg.model.data
@@ -139,7 +139,7 @@ def _load_code(cfg, run: str, kind: str) -> str:
     if s.scheduler in SCHEDULER_CLASSES:
         lines[-1] += f", {SCHEDULER_CLASSES[s.scheduler]}"
     if kind == "lora":
-        lines += [f"pipe = StableDiffusionPipeline.from_pretrained({str(cfg.model.pretrained)!r})   # the base model",
+        lines += [f"pipe = StableDiffusionPipeline.from_pretrained({base!r})   # the base model",
                   f"pipe.load_lora_weights({run!r}, weight_name={WEIGHT_NAME!r})"]
     else:
         lines += [f"pipe = StableDiffusionPipeline.from_pretrained({run!r})"]
@@ -153,9 +153,10 @@ def _load_code(cfg, run: str, kind: str) -> str:
 
 
 def card_text(folder, cfg, history: list, evaluation: dict | None = None, name: str | None = None,
-              samples: bool = False) -> str:
+              samples: bool = False, hub: bool = False) -> str:
     """The model card of the run whose files are in `folder`; the code in it names the run `name` (default: the
-    folder; the final output_dir while the files are still in .pipeline.new, the repo id on the Hub)."""
+    folder; the final output_dir while the files are still in .pipeline.new, the repo id on the Hub). `hub`: the
+    card goes to the Hub, so its code names the base model by its hub id where one is known."""
     from .export import NotStableDiffusion, check_architecture, kohya_state
     from .lora import WEIGHT_NAME
     from .prompts import split_prompts
@@ -176,7 +177,7 @@ def card_text(folder, cfg, history: list, evaluation: dict | None = None, name: 
     meta = {**({"base_model": base_id} if base_id else {}), "library_name": "diffusers", "license": lic,
             "instance_prompt": str(d.instance_prompt), "tags": tags + (["lora"] if lora else []),
             "inference": True}
-    problem = None
+    problem = False
     try:
         if lora:
             from safetensors.torch import load_file
@@ -186,8 +187,8 @@ def card_text(folder, cfg, history: list, evaluation: dict | None = None, name: 
                                       for p in ("unet", "vae", "text_encoder")))
     except NotStableDiffusion:
         problem = True
-    except (OSError, ValueError):
-        problem = None
+    except (OSError, ValueError):                    # unreadable: the export command will say why
+        pass
     what = f"LoRA, rank {m.lora.rank}, alpha {m.lora.alpha or m.lora.rank}" if lora else "full fine-tuning"
     trained = "UNet and text encoder" if m.train_text_encoder else "UNet (text encoder frozen)"
     prior = (f"yes, λ = {m.prior_loss_weight}, {d.num_reg_images} class images of '{d.regularization_prompt}'"
@@ -222,13 +223,13 @@ def card_text(folder, cfg, history: list, evaluation: dict | None = None, name: 
                 "| metric | value | better | what |", "| --- | --- | --- | --- |"]
         out += [f"| {k} | {ev[k]:.3f} | {METRICS[k][1] or '-'} | {METRICS[k][0]} |" for k in METRICS if k in ev]
         out += ["", "All numbers and the samples they were measured on: `eval.json`, `eval.png`.", ""]
-    out += ["## Use it with diffusers", "", "```python", _load_code(cfg, where, "lora" if lora else "full"),
+    out += ["## Use it with diffusers", "", "```python", _load_code(cfg, where, "lora" if lora else "full", (base_id or base) if hub else base),
             "```", ""]
     if lora:
         out += [f"`{WEIGHT_NAME}` holds the adapters alone (stock diffusers format); `weight_name` makes "
                 "`load_lora_weights` work offline too (HF_HUB_OFFLINE=1)."]
         if merged:
-            out += [f"This folder also holds the base model with the adapters merged in: "
+            out += [f"The run also holds the base model with the adapters merged in: "
                     f"`StableDiffusionPipeline.from_pretrained({where!r})` loads the trained model directly (do not "
                     "also load the adapters into it)."]
         out += [""]

@@ -37,7 +37,7 @@ def upload_list(run, repo_id: str) -> list[tuple[str, Path | bytes]]:
     if (run / "dreambooth.yaml").exists() and (run / "history.json").exists():
         cfg = OmegaConf.load(run / "dreambooth.yaml")
         card = card_text(run, cfg, json.loads((run / "history.json").read_text()), _evaluation(run), name=repo_id,
-                         samples=(run / SAMPLES).exists())
+                         samples=(run / SAMPLES).exists(), hub=True)
         files = [f for f in files if f[0] != CARD] + [(CARD, card.encode("utf-8"))]
     return sorted(files, key=lambda f: f[0])
 
