@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -196,8 +197,8 @@ PIPELINE_NEW, PIPELINE_OLD, READY = ".pipeline.new", ".pipeline.old", ".ready"
 
 
 def save_pipeline(pipe, cfg, out, history):
-    """Save a complete diffusers pipeline into `out`, with history.json and dreambooth.yaml (a LoRA run with
-    model.lora.save_merged=false: the adapters alone, with the same two files).
+    """Save a complete diffusers pipeline into `out`, with history.json, dreambooth.yaml, a model card (README.md)
+    and its samples (a LoRA run with model.lora.save_merged=false: the adapters alone, with the same four files).
 
     Crash-safe: the new pipeline is written whole into out/.pipeline.new first (the old output stays loadable
     all that time), then its parts are swapped in by renames, with model_index.json moved away first and moved
@@ -220,6 +221,14 @@ def save_pipeline(pipe, cfg, out, history):
         new.mkdir(parents=True, exist_ok=True)
     write_json(new / "history.json", history)
     write_text(new / "dreambooth.yaml", OmegaConf.to_yaml(cfg))
+    from .card import SAMPLES, sample_grid, write_card
+    try:                                # a few samples for the model card; never worth losing the run over
+        sample_grid(pipe, cfg, new / SAMPLES)
+    except Exception as e:              # e.g. out of GPU memory
+        why = str(e).splitlines()[0][:120] if str(e) else ""
+        warnings.warn(f"no sample grid in the model card ({type(e).__name__}: {why}); "
+                      "set model.sampling.card_seeds=0 to skip it")
+    write_card(new, cfg, history, name=str(out))            # the model card, README.md
     fsync_tree(new)
     write_json(new / READY, sorted(p.name for p in new.iterdir()))   # the list of parts; written last
     fault_point("pipeline")
@@ -228,8 +237,9 @@ def save_pipeline(pipe, cfg, out, history):
 
 def _pipeline_parts(index: Path) -> set[str]:
     """The entries of `out` that belong to the pipeline described by a model_index.json (if it is readable)."""
+    from .card import CARD, SAMPLES
     from .lora import WEIGHT_NAME
-    parts = {WEIGHT_NAME}               # an earlier LoRA run's adapters would not match a new pipeline
+    parts = {WEIGHT_NAME, CARD, SAMPLES}    # an earlier run's adapters, card and samples would not match a new one
     try:
         parts |= {k for k, v in json.loads(index.read_text()).items()
                   if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None}

@@ -1,4 +1,5 @@
-"""The `dbtutor` command line: train, generate-reg, cache, sample, eval, ablate (--config FILE, key=value overrides), fix-layout."""
+"""The `dbtutor` command line: train, generate-reg, cache, sample, eval, ablate (--config FILE, key=value overrides), fix-layout,
+export, push."""
 from __future__ import annotations
 
 import argparse
@@ -74,6 +75,10 @@ def cmd_eval(args, cfg):
     eval_command(cfg, model=args.model, backend=args.backend, num_samples=args.num_samples,
                  class_samples=args.class_samples, seed=args.seed, judge_dir=args.judge, clip_model=args.clip_model,
                  dino_model=args.dino_model, out=args.out)
+    from .card import refresh_card                 # the model card shows the numbers of this very run
+    card = refresh_card(args.model or cfg.output_dir)
+    if card:
+        print(f"updated the model card {card}")
 
 
 def cmd_ablate(args, cfg):
@@ -90,8 +95,28 @@ def cmd_fix_layout(args, cfg):
           + " Stable Diffusion's layout, which every supported transformers reads")
 
 
+def cmd_export(args, cfg):
+    from .export import export
+    res = export(args.run, args.out, half=args.half, merged=args.merged)
+    what = "a kohya-format LoRA" if res["kind"] == "lora" else "a Stable Diffusion checkpoint"
+    print(f"wrote {res['path']}: {what}, {res['tensors']} tensors, {res['bytes'] / 1e6:.1f} MB")
+
+
+def cmd_push(args, cfg):
+    from .push import push
+    res = push(args.run, args.repo_id, private=args.private, dry_run=args.dry_run)
+    total = sum(size for _, size in res["files"])
+    if args.dry_run:
+        print(f"would upload {len(res['files'])} files ({total / 1e6:.1f} MB) to {res['repo_id']}:")
+        for name, size in res["files"]:
+            print(f"  {size:>12,}  {name}")
+    else:
+        print(f"uploaded {len(res['files'])} files ({total / 1e6:.1f} MB) to {res['url']}")
+
+
 COMMANDS = {"train": cmd_train, "generate-reg": cmd_generate_reg, "cache": cmd_cache, "sample": cmd_sample,
-            "eval": cmd_eval, "ablate": cmd_ablate, "fix-layout": cmd_fix_layout}
+            "eval": cmd_eval, "ablate": cmd_ablate, "fix-layout": cmd_fix_layout, "export": cmd_export,
+            "push": cmd_push}
 
 
 def launch_commands(args: list[str], gpus: int = 8, machines: int = 2, main_ip: str = "10.0.0.1",
@@ -123,8 +148,23 @@ def build_parser():
                         ("ablate", "the paper's prior-preservation ablation: train and evaluate with/without, "
                                    "over prior_loss_weight, subjects and seeds"),
                         ("fix-layout", "rewrite a pipeline folder saved by transformers 5 in Stable Diffusion's "
-                                       "layout, which transformers 4 reads too (text encoder keys, tokenizer files)")]:
+                                       "layout, which transformers 4 reads too (text encoder keys, tokenizer files)"),
+                        ("export", "write a run as one .safetensors file for AUTOMATIC1111's web UI and ComfyUI: a "
+                                   "Stable Diffusion checkpoint, or a kohya-format LoRA for a LoRA run"),
+                        ("push", "upload a run (weights, model card, samples) to the Hugging Face Hub")]:
         p = sub.add_parser(name, help=help_)
+        if name in ("export", "push"):
+            p.add_argument("run", type=Path, help="a trained run's folder (its output_dir)")
+            if name == "export":
+                p.add_argument("--out", type=Path, required=True, help="the file to write, e.g. sks_dog.safetensors")
+                p.add_argument("--half", action="store_true", help="store the weights in fp16 (half the size)")
+                p.add_argument("--merged", action="store_true",
+                               help="a LoRA run: its merged pipeline as a checkpoint instead of the LoRA file")
+            else:
+                p.add_argument("--repo-id", required=True, help="the Hub model repo, NAME or USER/NAME")
+                p.add_argument("--private", action="store_true", help="create the repo private")
+                p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; no network")
+            continue
         if name == "fix-layout":
             p.add_argument("folder", type=Path, help="a diffusers pipeline folder, e.g. data/models/toyworld")
             continue

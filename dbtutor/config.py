@@ -142,7 +142,8 @@ def validate(cfg: DictConfig):
         if value not in choices:
             raise ConfigError(f"{key}={value} is not one of {', '.join(choices)}")
     for key in ("model.data.resolution", "model.data.num_reg_images", "model.data.num_images_per_prompt",
-                "trainer.max_steps", "trainer.batch_size", "trainer.checkpoint_every", "model.lora.rank"):
+                "trainer.max_steps", "trainer.batch_size", "trainer.checkpoint_every", "model.lora.rank",
+                "model.sampling.card_seeds"):
         v = OmegaConf.select(cfg, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{key}={v} must be a whole number >= 0")

@@ -309,6 +309,8 @@ def eval_command(cfg, model=None, backend: str = "auto", num_samples: int = 4, c
     print(f"{model} on {d.instance_dir} ({backend}, {num_samples} samples per prompt, "
           f"{class_samples} of '{d.regularization_prompt}', {res['seconds']:.0f} s)")
     print(format_table(res["metrics"]))
+    from .card import run_stamp
+    res["run"] = run_stamp(model)                   # which saved run this measured (the model card checks it)
     write_json(out, res)
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return res

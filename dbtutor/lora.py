@@ -6,7 +6,10 @@ training starts from the base model exactly. What is written at the end (see che
 
 - output_dir/pytorch_lora_weights.safetensors: the adapters alone, in the stock diffusers format, with the scale
   alpha / r folded into B: every diffusers version reads a file without metadata as alpha = r, so alpha != rank
-  loads right in all of them. Stock use: load the BASE model, then `pipe.load_lora_weights(output_dir)`.
+  loads right in all of them. Stock use: load the BASE model, then
+  `pipe.load_lora_weights(output_dir, weight_name="pytorch_lora_weights.safetensors")` (diffusers 0.30 refuses a
+  folder without weight_name when offline, HF_HUB_OFFLINE=1). `dbtutor export` writes the same adapters in kohya's
+  layout for the web UIs.
 - output_dir/{unet,text_encoder,...}: the base pipeline with the adapters fused (merged) into its weights, so
   `StableDiffusionPipeline.from_pretrained(output_dir)` (and `dbtutor sample`) gives the trained model directly.
   Do not also call load_lora_weights(output_dir) on that pipeline: the update would be applied twice.

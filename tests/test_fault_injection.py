@@ -140,7 +140,8 @@ trainer: {{max_steps: 6, checkpoint_every: 2, progress: false}}
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
     assert hidden(out) == [] and hidden(reg) == [] and hidden(inst_cache) == [] and hidden(ckpts) == []
-    assert check_files_whole(tmp_path) == 6 + 5 + 6 + 3     # class images, latents, the pipeline's weights
+    assert check_files_whole(tmp_path) == 6 + 5 + 6 + 3 + 1  # class images, latents, the pipeline's weights, the
+    #                                                          model card's samples.png
     assert mtimes(visible(inst_cache, "*.safetensors") + visible(reg_cache, "*.safetensors")) == all_cache_times
 
     # the same run without interruptions, in this process, single-threaded like the subprocesses

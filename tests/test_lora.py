@@ -43,7 +43,9 @@ def test_stock_diffusers_loads_the_adapters(tiny_config, tiny_pipeline_dir, trai
     if train_text_encoder:
         load_lora(base, out)          # stock load_lora_weights; its text-encoder half via peft where transformers
     else:                             # refuses the installed peft (transformers 5.24 wants peft >= 0.22)
-        base.load_lora_weights(out)   # the stock LoRA workflow: the base model + the adapters (alpha 8 != rank 4)
+        # the stock LoRA workflow: the base model + the adapters (alpha 8 != rank 4); weight_name, as the model card
+        # says: without it diffusers 0.30 refuses to load when offline (HF_HUB_OFFLINE=1)
+        base.load_lora_weights(out, weight_name=WEIGHT_NAME)
     loaded = render(base)
     own = render(res.pipe)                                         # what dbtutor trained (returned fused)
     fused = render(StableDiffusionPipeline.from_pretrained(out))   # the output folder alone

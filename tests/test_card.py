@@ -1,0 +1,135 @@
+"""The model card in every saved run (README.md with the Hub's YAML header), refreshed by `dbtutor eval`; and
+`dbtutor push --dry-run`, which lists what would go to the Hub without a token or the network."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import dbtutor
+from dbtutor.card import CARD, SAMPLES, base_license, hub_id, refresh_card, run_stamp
+from dbtutor.lora import WEIGHT_NAME
+
+from conftest import ROOT, SUBJECT
+
+
+def front_matter(text: str) -> tuple[dict, str]:
+    assert text.startswith("---\n")
+    head, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(head), body
+
+
+@pytest.fixture
+def random_judge(tmp_path):
+    from dbtutor.toyworld import judge as J
+    torch.manual_seed(0)
+    J.save_judge(J.Judge(), tmp_path / "judge")
+    return tmp_path / "judge"
+
+
+def test_every_saved_run_has_a_model_card(tiny_config):
+    cfg = tiny_config(**{"model.prior_loss_weight": 0.5, "optim.lr": 2e-4})
+    out = dbtutor.train(cfg).output_dir
+    meta, body = front_matter((out / CARD).read_text())
+    assert (out / "model_index.json").exists() and (out / SAMPLES).exists()
+    assert meta["instance_prompt"] == "a photo of sks ball" and meta["library_name"] == "diffusers"
+    assert "dreambooth" in meta["tags"] and "lora" not in meta["tags"]
+    assert meta["license"] == "other" and "base_model" not in meta     # a local random model: no hub id, no license
+    for row in (f"| base model | `{cfg.model.pretrained}` |", "| class prompt | a photo of a ball |",
+                "| identifier | sks (class: ball) |", "| prior preservation | yes, λ = 0.5, 6 class images",
+                "| steps | 4 (trainer.max_steps 4)", "| learning rate | 0.0002 (constant", "| precision | 32 |",
+                "| LoRA rank | - (full fine-tuning) |", f"![samples]({SAMPLES})",
+                f"StableDiffusionPipeline.from_pretrained({str(out)!r})", "see the base model's card"):
+        assert row in body, row
+    assert "## Evaluation" not in body
+    assert "not Stable Diffusion 1.x/2.x's architecture" in body       # the tiny UNet has no web-UI layout
+    from PIL import Image
+    assert Image.open(out / SAMPLES).size == (2 * 32 + 4, 2 * 32 + 4)  # 2 prompts x 2 seeds of 32 px
+
+
+def test_a_lora_run_card_and_no_grid(tiny_config):
+    """A LoRA run saved as its adapters alone (no merged pipeline) has its card too."""
+    out = dbtutor.train(tiny_config(**{"model.lora.rank": 2, "model.with_prior_preservation": False,
+                                       "model.sampling.card_seeds": 0, "model.lora.save_merged": False})).output_dir
+    meta, body = front_matter((out / CARD).read_text())
+    assert not (out / "model_index.json").exists() and "merged in" not in body
+    assert "lora" in meta["tags"] and not (out / SAMPLES).exists() and "![samples]" not in body
+    assert "| prior preservation | no |" in body and "| LoRA rank | 2 |" in body
+    assert f"pipe.load_lora_weights({str(out)!r}, weight_name={WEIGHT_NAME!r})" in body
+
+
+def test_licenses_of_base_models(tmp_path):
+    assert base_license(str(ROOT / "data" / "models" / "toyworld"))[0] == "mit"
+    assert base_license("stable-diffusion-v1-5/stable-diffusion-v1-5")[0] == "creativeml-openrail-m"
+    assert base_license("stabilityai/stable-diffusion-2-1")[0] == "openrail++"
+    assert base_license("someone/unknown-model") == ("other", "see the base model's card")
+    local = tmp_path / "mine"
+    local.mkdir()
+    (local / "README.md").write_text("---\nlicense: apache-2.0\ntags: [x]\n---\n# a model\n")
+    assert base_license(str(local))[0] == "apache-2.0"
+    cached = tmp_path / "hub" / "models--runwayml--stable-diffusion-v1-5" / "snapshots" / "abc123"
+    cached.mkdir(parents=True)
+    assert hub_id(str(cached)) == "runwayml/stable-diffusion-v1-5"
+    assert base_license(str(cached))[0] == "creativeml-openrail-m"
+    assert hub_id(str(local)) is None
+
+
+def test_eval_puts_its_numbers_on_the_card_of_the_run_it_measured(tiny_config, random_judge, capsys):
+    from dbtutor.cli import main
+    cfg = tiny_config()
+    out = dbtutor.train(cfg).output_dir
+    common = [f"model.pretrained={cfg.model.pretrained}", f"output_dir={out}", f"model.data.instance_dir={SUBJECT}",
+              "model.sampling.num_inference_steps=2", "trainer.device=cpu",
+              f"model.data.regularization_dir={cfg.model.data.regularization_dir}"]
+    assert main(["eval", "--judge", str(random_judge), "--num-samples", "2", "--class-samples", "2", *common]) == 0
+    assert f"updated the model card {out / CARD}" in capsys.readouterr().out
+    res = json.loads((out / "eval.json").read_text())
+    assert res["run"] == run_stamp(out)
+    _, body = front_matter((out / CARD).read_text())
+    assert "## Evaluation" in body and f"| pres_attr | {res['metrics']['pres_attr']:.3f} | lower |" in body
+    # trained on: the old eval.json describes another model, so the new card leaves its numbers out
+    dbtutor.train(tiny_config(**{"trainer.max_steps": 5}))
+    assert "## Evaluation" not in (out / CARD).read_text()
+    assert refresh_card(out) and "## Evaluation" not in (out / CARD).read_text()
+    assert refresh_card(out.parent) is None                            # not a run: nothing written
+
+
+def test_push_dry_run_lists_files_offline(tiny_config, monkeypatch, capsys):
+    from dbtutor import push as P
+    from dbtutor.cli import main
+    out = dbtutor.train(tiny_config(**{"model.lora.rank": 2, "trainer.keep_checkpoints": True})).output_dir
+    (out / "eval.json").write_text(json.dumps({"metrics": {}, "run": "another run"}))
+    assert main(["push", str(out), "--repo-id", "someone/sks-ball", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("would upload ") and "to someone/sks-ball:" in printed
+    names = [line.split()[-1] for line in printed.splitlines()[1:]]
+    assert {CARD, SAMPLES, WEIGHT_NAME, "dreambooth.yaml", "history.json", "unet/config.json"} <= set(names)
+    assert not any(n.startswith(("checkpoints/", "latents/", ".")) or n == "eval.json" for n in names)
+    sizes = dict((line.split()[-1], int(line.split()[0].replace(",", ""))) for line in printed.splitlines()[1:])
+    assert sizes[WEIGHT_NAME] == (out / WEIGHT_NAME).stat().st_size
+    card = dict(P.upload_list(out, "someone/sks-ball"))[CARD].decode()
+    assert "pipe.load_lora_weights('someone/sks-ball', weight_name=" in card   # the Hub's card loads the repo
+    assert str(out) not in card                                        # nothing points at this machine's folder
+
+    def no_hub(*a, **k):
+        raise AssertionError("a dry run or a refused push must not reach the Hub")
+    monkeypatch.setattr(P, "_token", lambda hf: None)
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", no_hub)
+    assert main(["push", str(out), "--repo-id", "someone/sks-ball"]) == 2
+    assert "no Hugging Face token" in capsys.readouterr().err
+    assert main(["push", str(out), "--repo-id", "not a repo", "--dry-run"]) == 2
+    assert "not a Hub repo id" in capsys.readouterr().err
+    assert main(["push", str(Path(out).parent), "--repo-id", "x/y", "--dry-run"]) == 2
+
+
+def test_a_failing_sample_grid_costs_only_the_grid(tiny_config, monkeypatch):
+    import dbtutor.pipeline
+
+    def out_of_memory(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+    monkeypatch.setattr(dbtutor.pipeline, "sample", out_of_memory)
+    with pytest.warns(UserWarning, match="no sample grid in the model card .RuntimeError: CUDA out of memory"):
+        out = dbtutor.train(tiny_config(**{"trainer.max_steps": 1})).output_dir
+    assert (out / "model_index.json").exists() and (out / CARD).exists() and not (out / SAMPLES).exists()
