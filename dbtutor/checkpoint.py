@@ -23,7 +23,8 @@ RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.progress", "trainer.checkpoin
                      "trainer.keep_checkpoints", "trainer.wait_for_lock", "trainer.device", "model.data.num_workers",
                      "output_dir", "model.pretrained", "model.data.instance_dir", "model.data.regularization_dir",
                      "model.data.cached_instance_dir", "model.data.cached_reg_dir", "model.compile",
-                     "model.channels_last", "model.gradient_checkpointing", "model.attention", "model.sampling"}
+                     "model.channels_last", "model.gradient_checkpointing", "model.attention", "model.sampling",
+                     "trainer.validation", "trainer.log_with"}
 
 
 def _flat(d, prefix=""):

@@ -119,7 +119,8 @@ def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
     instance_paths = preflight(cfg)
     device = pick_device(cfg.trainer.device)
     precision = {"32": "no", "bf16": "bf16", "16": "fp16"}[cfg.trainer.precision]
-    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+    from .tracking import accelerator_kwargs
+    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu", **accelerator_kwargs(cfg))
     with hold(cfg.output_dir, "output_dir", cfg.trainer.wait_for_lock, accelerator):
         return _train(cfg, accelerator, instance_paths, progress, callback, t0)
 
@@ -187,6 +188,9 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
     B = tr.batch_size
     last_saved = start
     drawn = []                                  # per step, the image indices this process used (for RANK_LOG)
+    from .validation import Validator
+    validator = Validator(cfg, pipe, accelerator, start, begin.finished)   # samples along the way, trackers
+    validator(start)                            # step 0: the base model (resumed: done already, kept)
     bar = tqdm(range(start, tr.max_steps), initial=start, total=tr.max_steps, desc="train", disable=not show,
                mininterval=1)
     stop = ckpt.DeferredInterrupt()            # Ctrl-C: finish the step, save it, stop (see checkpoint.py)
@@ -229,6 +233,7 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
                    "prior_loss": logged[2].item(), "lr": lr_sched.get_last_lr()[0]}
             history.append(rec)
             bar.set_postfix(instance=f"{rec['instance_loss']:.3f}", prior=f"{rec['prior_loss']:.3f}", refresh=False)
+            validator.step(rec)                 # log to trackers; validate every trainer.validation.every steps
             if callback:
                 callback(rec)
             if tr.checkpoint_every and (step + 1) % tr.checkpoint_every == 0 and step + 1 < tr.max_steps:
@@ -241,6 +246,7 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
                 raise KeyboardInterrupt
     finally:                                    # a second Ctrl-C stops at once, keeping the last checkpoint
         stop.restore()
+        validator.close()                       # the trackers' files complete, also when training stopped
     bar.close()
     if tr.keep_checkpoints and not begin.finished:
         _save(accelerator, out, cfg, modules, optimizer, lr_sched, tr.max_steps, history)
