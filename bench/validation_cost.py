@@ -5,9 +5,10 @@
 Both variants run the default config (configs/dreambooth.yaml: toy model, twotone_ball, prior preservation) for
 --steps steps into fresh output folders, on the same class images and latent cache (made once, first), one after
 the other in each round, so the load of a busy machine hits both alike. Printed per round: the wall time of each
-train() call and their ratio; then the medians, the time of one validation (validation.json), the time of one
-training step (between two calls of train()'s per-step callback, validation steps left out), and from those the
-projected extra time of the default run (trainer.max_steps of the config, validations at 0, every, ..., last).
+train() call and their ratio (a short run has relatively more validations than the default run: at 0 and at its
+end), and the projected extra time of the default run's training loop (trainer.max_steps of the config,
+validations at 0, every, ..., last) from the "on" run's own times of one validation (validation.json) and one
+training step (between two calls of train()'s per-step callback, validation steps left out).
 """
 from __future__ import annotations
 
@@ -64,25 +65,27 @@ def main():
     print(f"{args.steps} steps, validation every {every} steps with {num} image(s) per prompt, "
           f"{torch.get_num_threads()} thread(s)")
     run(args.work, "warmup", 2, 0, num)                 # class images and latent cache, made once
-    ratios, vals, steps = [], [], []
+    total = default.trainer.max_steps
+    n_val = len({s for s in range(total + 1) if s % every == 0 or s == total})
+    ratios, projected, vals, steps = [], [], [], []
     for r in range(args.rounds):
         order = [("off", 0), ("on", every)] if r % 2 == 0 else [("on", every), ("off", 0)]
         res = {name: run(args.work, name, args.steps, e, num) for name, e in order}
         ratios.append(res["on"]["seconds"] / res["off"]["seconds"])
-        vals += res["on"]["validations"]
-        steps += [res["off"]["step"], res["on"]["step"]]
-        print(f"round {r + 1}: off {res['off']['seconds']:.1f} s, on {res['on']['seconds']:.1f} s "
-              f"({len(res['on']['validations'])} validations), ratio {ratios[-1]:.3f}")
-    t_val, t_step = statistics.median(vals), statistics.median(steps)
-    total = default.trainer.max_steps
-    n_val = len({s for s in range(total + 1) if s % every == 0 or s == total})
-    print(f"median ratio over {args.steps} steps: {statistics.median(ratios):.3f}")
+        on = res["on"]
+        t_val = statistics.mean(on["validations"])
+        projected.append(n_val * t_val / (total * on["step"]))     # both from the same run: the same load
+        vals.append(t_val)
+        steps.append(on["step"])
+        print(f"round {r + 1}: off {res['off']['seconds']:.1f} s, on {on['seconds']:.1f} s "
+              f"({len(on['validations'])} validations of {t_val:.2f} s, steps of {on['step'] * 1000:.0f} ms): "
+              f"ratio {ratios[-1]:.3f}, projected for the default run +{100 * projected[-1]:.1f} %")
     from dbtutor.validation import validation_prompts
-    print(f"one validation {t_val:.2f} s ({len(validation_prompts(default))} prompts x {num} image(s)), "
-          f"one training step {t_step * 1000:.0f} ms")
-    print(f"projected for the default run ({total} steps, {n_val} validations): training loop "
-          f"+{100 * n_val * t_val / (total * t_step):.1f} %")
-
+    print(f"median ratio of the two {args.steps}-step runs (on / off): {statistics.median(ratios):.3f}")
+    print(f"one validation {statistics.median(vals):.2f} s ({len(validation_prompts(default))} prompts x {num} "
+          f"image(s)), one training step {statistics.median(steps) * 1000:.0f} ms (medians)")
+    print(f"projected for the default run ({total} steps, {n_val} validations), each round's validation and step "
+          f"times from the same run: training loop +{100 * statistics.median(projected):.1f} % (median)")
 
 if __name__ == "__main__":
     main()

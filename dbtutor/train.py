@@ -260,7 +260,7 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
     if os.environ.get(RANK_LOG):
         write_json(Path(os.environ[RANK_LOG]) / f"rank_{rank}.json",
                    {"rank": rank, "world_size": world, "reg_written": [p.name for p in reg_written],
-                    "encoded": sum(s.encoded for s in sources), "drawn": drawn})
+                    "encoded": sum(s.encoded for s in sources), "drawn": drawn, "validated": validator.made})
     accelerator.wait_for_everyone()
     if world > 1:
         accelerator.end_training()              # destroy the process group before exit (gloo aborts otherwise)

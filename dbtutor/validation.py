@@ -138,6 +138,7 @@ class Validator:
         self.folder = Path(cfg.output_dir) / FOLDER
         self.settings = settings(cfg)
         self.records, self.scorer, self.scorer_name, self.note = [], None, None, ""
+        self.made = []                              # the steps this process sampled (only the main one samples)
         if self.main and self.every:
             self.records = self._kept(start)
             with torch.random.fork_rng(devices=[]):     # building the judge or encoders draws random weights
@@ -202,6 +203,7 @@ class Validator:
         t0 = time.time()
         prompts, seeds = self.settings["prompts"], self.settings["seeds"]
         images = self.sample()
+        self.made.append(step)
         picture = mosaic(images, len(prompts))
         name = f"step_{step:06d}.png"
         save_image(picture, self.folder / name)
