@@ -77,9 +77,10 @@ def main():
         projected.append(n_val * t_val / (total * on["step"]))     # both from the same run: the same load
         vals.append(t_val)
         steps.append(on["step"])
-        print(f"round {r + 1}: off {res['off']['seconds']:.1f} s, on {on['seconds']:.1f} s "
-              f"({len(on['validations'])} validations of {t_val:.2f} s, steps of {on['step'] * 1000:.0f} ms): "
-              f"ratio {ratios[-1]:.3f}, projected for the default run +{100 * projected[-1]:.1f} %")
+        print(f"round {r + 1}: off {res['off']['seconds']:.1f} s (steps of {res['off']['step'] * 1000:.0f} ms), "
+              f"on {on['seconds']:.1f} s ({len(on['validations'])} validations of {t_val:.2f} s, steps of "
+              f"{on['step'] * 1000:.0f} ms): ratio {ratios[-1]:.3f}, projected for the default run "
+              f"+{100 * projected[-1]:.1f} %")
     from dbtutor.validation import validation_prompts
     print(f"median ratio of the two {args.steps}-step runs (on / off): {statistics.median(ratios):.3f}")
     print(f"one validation {statistics.median(vals):.2f} s ({len(validation_prompts(default))} prompts x {num} "
