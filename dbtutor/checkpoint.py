@@ -26,7 +26,7 @@ RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.progress", "trainer.checkpoin
                      "output_dir", "model.pretrained", "model.data.instance_dir", "model.data.regularization_dir",
                      "model.data.cached_instance_dir", "model.data.cached_reg_dir", "model.compile",
                      "model.channels_last", "model.gradient_checkpointing", "model.attention", "model.sampling",
-                     "model.lora.save_merged", "trainer.precision"}
+                     "model.lora.save_merged", "trainer.precision", "trainer.validation", "trainer.log_with"}
 
 
 def _flat(d, prefix=""):

@@ -37,6 +37,9 @@ def cmd_train(args, cfg):
     print(f"trained {len(res.history)} steps in {res.seconds:.0f} s; last instance loss "
           f"{h.get('instance_loss', float('nan')):.4f}, prior loss {h.get('prior_loss', float('nan')):.4f}")
     print(f"saved the pipeline to {res.output_dir}")
+    strip = Path(res.output_dir) / "validation" / "strip.png"
+    if cfg.trainer.validation.every and strip.exists():
+        print(f"samples along the way (trainer.validation): {strip}")
 
 
 def cmd_generate_reg(args, cfg):

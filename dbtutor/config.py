@@ -181,6 +181,27 @@ def validate(cfg: DictConfig):
                           "per image); or set model.use_cached_latents=false for random crops")
     if not cfg.output_dir:
         raise ConfigError("output_dir must be set")
+    _validate_watching(cfg)
+
+
+def _validate_watching(cfg: DictConfig):
+    """trainer.validation.* (samples along the way) and trainer.log_with (TensorBoard / W&B)."""
+    v = cfg.trainer.validation
+    for key in ("every", "num_images"):
+        n = v[key]
+        if not isinstance(n, int) or isinstance(n, bool) or n < (0 if key == "every" else 1):
+            raise ConfigError(f"trainer.validation.{key}={n} must be a whole number >= {0 if key == 'every' else 1}")
+    if isinstance(v.prompts, str):                        # one prompt given as text
+        v.prompts = [v.prompts]
+    if v.prompts is not None and (not isinstance(v.prompts, ListConfig) or not v.prompts
+                                  or not all(isinstance(p, str) and p.strip() for p in v.prompts)):
+        raise ConfigError(f"trainer.validation.prompts={v.prompts} must be a list of prompts, e.g. "
+                          "'[a photo of sks ball, a photo of a ball]', or null for the instance, a recontextualised "
+                          "and the regularization prompt")
+    if isinstance(cfg.trainer.log_with, str) and cfg.trainer.log_with.lower() in ("none", "null", ""):
+        cfg.trainer.log_with = None
+    if cfg.trainer.log_with not in (None, "tensorboard", "wandb"):
+        raise ConfigError(f"trainer.log_with={cfg.trainer.log_with} is not one of tensorboard, wandb, null")
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -162,17 +162,19 @@ def _features(out) -> torch.Tensor:
 class Encoders:
     """CLIP (image and text) and DINOv2 (image) encoders, from the Hub or local folders; no remote code."""
 
-    def __init__(self, clip_model: str = CLIP_MODEL, dino_model: str = DINO_MODEL, device="cpu"):
+    def __init__(self, clip_model: str = CLIP_MODEL, dino_model: str = DINO_MODEL, device="cpu",
+                 local_files_only: bool = False):
         from transformers import CLIPModel, CLIPTokenizer, Dinov2Model
         self.device = torch.device(device)
+        local = {"local_files_only": local_files_only}      # True: only what is on this machine, never a download
         try:
-            self.clip = CLIPModel.from_pretrained(str(clip_model)).to(self.device).eval()
-            self.tokenizer = CLIPTokenizer.from_pretrained(str(clip_model))
+            self.clip = CLIPModel.from_pretrained(str(clip_model), **local).to(self.device).eval()
+            self.tokenizer = CLIPTokenizer.from_pretrained(str(clip_model), **local)
         except OSError as e:
             raise ConfigError(f"cannot load the CLIP model {clip_model} ({type(e).__name__}): pass a local folder "
                               "of a transformers CLIPModel with --clip-model") from None
         try:
-            self.dino = Dinov2Model.from_pretrained(str(dino_model)).to(self.device).eval()
+            self.dino = Dinov2Model.from_pretrained(str(dino_model), **local).to(self.device).eval()
         except OSError as e:
             raise ConfigError(f"cannot load the DINOv2 model {dino_model} ({type(e).__name__}): pass a local folder "
                               "of a transformers Dinov2Model with --dino-model") from None

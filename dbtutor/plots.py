@@ -164,3 +164,79 @@ def sweep_plot(weights, scores: list[dict], title=None, unit: str = "share of sa
     ax.set_title(title or "the prior-preservation trade-off", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- validations along a run
+
+def _validations(run):
+    """A ValidationRun, or the output_dir of a run to load it from."""
+    from .validation import ValidationRun, load_validations
+    return run if isinstance(run, ValidationRun) else load_validations(run)
+
+
+def _runs(runs) -> dict:
+    return {name: _validations(r) for name, r in runs.items()} if isinstance(runs, dict) else \
+        {Path(str(getattr(runs, "output_dir", runs))).name: _validations(runs)}
+
+
+def validation_strips(runs, prompt: str | None = None, title=None, scale: float = 0.9):
+    """One prompt's samples over the validation steps, one block per run, stacked: each block one row per seed,
+    one column per step. `runs`: {name: output_dir or ValidationRun} (e.g. without and with prior preservation),
+    or one run. `prompt`: by default the class prompt ("a photo of a ball": does it drift toward the subject?)."""
+    runs = _runs(runs)
+    first = next(iter(runs.values()))
+    prompt = prompt or first.class_prompt or first.prompts[-1]
+    cols = max(len(r.steps) for r in runs.values())
+    rows = [len(r.seeds) for r in runs.values()]
+    fig, axes = plt.subplots(len(runs), 1, figsize=(cols * scale + 2.0, sum(rows) * scale + 0.6 * len(runs) + 0.4),
+                             squeeze=False, gridspec_kw={"height_ratios": rows})
+    for ax, (name, r) in zip(axes[:, 0], runs.items()):
+        if prompt not in r.prompts:
+            raise ValueError(f"{r.output_dir} has no validation samples of {prompt!r}; it has {r.prompts}")
+        pad = lambda im: np.pad(np.asarray(im), ((1, 1), (1, 1), (0, 0)), constant_values=255)   # noqa: E731
+        grid = np.concatenate([np.concatenate([pad(rec["images"][prompt][k]) for rec in r.records], axis=1)
+                               for k in range(len(r.seeds))], axis=0)
+        ax.imshow(grid)
+        w = grid.shape[1] / len(r.steps)
+        ax.set_xticks([(c + 0.5) * w for c in range(len(r.steps))])
+        ax.set_xticklabels([str(s) for s in r.steps], fontsize=7)
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+        for s in ax.spines.values():
+            s.set_visible(False)
+    axes[-1, 0].set_xlabel("training step", fontsize=8)
+    fig.suptitle(title or f"{prompt!r} at the same seeds over training", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def validation_curves(runs, prompts=None, metric: str = "look_share", title=None):
+    """A validation score over the steps, per run one curve per prompt: by default the instance prompt (solid)
+    and the class prompt (dashed). With the judge's look_share: how often "a photo of sks ball" shows the subject
+    (it arrives) and how often "a photo of a ball" does (the class drifts)."""
+    runs = _runs(runs)
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for c, (name, r) in enumerate(runs.items()):
+        if r.scorer is None:
+            raise ValueError(f"{r.output_dir}: its validations have no scores (no judge or CLIP/DINO was available)")
+        for k, p in enumerate(prompts or [q for q in (r.instance_prompt, r.class_prompt) if q in r.prompts]):
+            ax.plot(r.steps, r.shares(p, metric), "o-" if k == 0 else "s--", color=f"C{c}", markersize=3,
+                    label=f"{name}: {p}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("share judged the subject's look" if metric == "look_share" else metric, fontsize=8)
+    if metric == "look_share":
+        ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title or "the subject arriving, the class drifting", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def validation_step(run, step: int, title=None):
+    """One validation of a run: one row per prompt (with its scores), one column per seed."""
+    r = _validations(run)
+    rec = r.at(step)
+    labels = [p + "".join(f"\n{m} {v:.2f}" for m, v in rec["scores"].get(p, {}).items()) for p in r.prompts]
+    return image_grid([im for p in r.prompts for im in rec["images"][p]], len(r.prompts), labels,
+                      [f"seed {s}" for s in r.seeds], title or f"{r.output_dir.name}: step {step}")

@@ -67,8 +67,10 @@ def make_accelerator(cfg, device: torch.device):
     if PartialState._shared_state.get("num_processes", 1) == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+    from .tracking import accelerator_kwargs
     try:
-        return Accelerator(mixed_precision=MIXED_PRECISION[cfg.trainer.precision], cpu=device.type == "cpu")
+        return Accelerator(mixed_precision=MIXED_PRECISION[cfg.trainer.precision], cpu=device.type == "cpu",
+                           **accelerator_kwargs(cfg))
     except ValueError as e:
         if "already been initialized" not in str(e):
             raise

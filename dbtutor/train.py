@@ -184,6 +184,9 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
     B = tr.batch_size
     last_saved = start
     drawn = []                                  # per step, the image indices this process used (for RANK_LOG)
+    from .validation import Validator
+    validator = Validator(cfg, pipe, accelerator, start, begin.finished)   # samples along the way, trackers
+    validator(start)                            # step 0: the base model (resumed: done already, kept)
     bar = tqdm(range(start, tr.max_steps), initial=start, total=tr.max_steps, desc="train", disable=not show,
                mininterval=1)
     stop = ckpt.DeferredInterrupt()            # Ctrl-C: finish the step, save it, stop (see checkpoint.py)
@@ -230,6 +233,7 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
                    **scaler_record(accelerator, scale, step + 1, out)}
             history.append(rec)
             bar.set_postfix(instance=f"{rec['instance_loss']:.3f}", prior=f"{rec['prior_loss']:.3f}", refresh=False)
+            validator.step(rec)                 # log to trackers; validate every trainer.validation.every steps
             if callback:
                 callback(rec)
             if tr.checkpoint_every and (step + 1) % tr.checkpoint_every == 0 and step + 1 < tr.max_steps:
@@ -242,6 +246,7 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
                 raise KeyboardInterrupt
     finally:                                    # a second Ctrl-C stops at once, keeping the last checkpoint
         stop.restore()
+        validator.close()                       # the trackers' files complete, also when training stopped
     bar.close()
     restore_frozen(parts, kept)                 # the saved and returned pipeline: float32, frozen parts as loaded
     if tr.keep_checkpoints and not begin.finished:
@@ -256,7 +261,7 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
     if os.environ.get(RANK_LOG):
         write_json(Path(os.environ[RANK_LOG]) / f"rank_{rank}.json",
                    {"rank": rank, "world_size": world, "reg_written": [p.name for p in reg_written],
-                    "encoded": sum(s.encoded for s in sources), "drawn": drawn})
+                    "encoded": sum(s.encoded for s in sources), "drawn": drawn, "validated": validator.made})
     accelerator.wait_for_everyone()
     if world > 1:
         accelerator.end_training()              # destroy the process group before exit (gloo aborts otherwise)

@@ -224,3 +224,39 @@ def prior_weight_panel(overrides: dict, work, prompts: list[str], seeds: list[in
 
 
 __all__ = ["show_figure", "sampler_panel", "identifier_panel", "reg_images_panel", "prior_weight_panel"]
+
+
+# ----------------------------------------------------------------------------- validations along a run
+
+def validation_panel(output_dir, step: int | None = None):
+    """A slider over the validation steps of a run -> dbtutor.plots.validation_step (that step's samples, one row
+    per prompt, with scores). 'reload' reads the folder again (a run still training adds validations)."""
+    import ipywidgets as w
+    from .plots import validation_step
+    from .validation import load_validations
+    run = load_validations(output_dir)
+    slider = w.SelectionSlider(options=run.steps, value=run.steps[-1] if step is None else step,
+                               description="step", continuous_update=False, layout=w.Layout(width="60%"))
+    reload = w.Button(description="reload")
+    out = w.Output()
+
+    def draw(*_):
+        show_figure(out, validation_step(run, slider.value))
+
+    def refresh(*_):
+        nonlocal run
+        run = load_validations(output_dir)
+        at_end = slider.value == slider.options[-1]
+        slider.options = run.steps
+        slider.value = run.steps[-1] if at_end else slider.value
+        draw()
+
+    slider.observe(draw, "value")
+    reload.on_click(refresh)
+    draw()
+    box = w.VBox([w.HBox([slider, reload]), out])
+    box.slider, box.redraw = slider, draw
+    return box
+
+
+__all__ += ["validation_panel"]

@@ -60,6 +60,11 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     ("optim.use_8bit_adam=yes please", "optim.use_8bit_adam=yes please must be true or false"),
     ("trainer.wait_for_lock=-5", "trainer.wait_for_lock=-5 must be false"),
     ("trainer.wait_for_lock=soon", "trainer.wait_for_lock=soon must be false"),
+    ("trainer.validation.every=-1", r"trainer.validation.every=-1 must be a whole number >= 0"),
+    ("trainer.validation.num_images=0", r"trainer.validation.num_images=0 must be a whole number >= 1"),
+    ("trainer.validation.prompts=[]", r"trainer.validation.prompts=\[\] must be a list of prompts"),
+    ("trainer.validation.prompts=[a photo, 3]", "trainer.validation.prompts=.* must be a list of prompts"),
+    ("trainer.log_with=mlflow", "trainer.log_with=mlflow is not one of tensorboard, wandb, null"),
 ])
 def test_bad_values_are_one_clear_line(override, expected):
     with pytest.raises(ConfigError, match=expected) as e:
@@ -90,3 +95,10 @@ def test_scientific_notation_without_a_dot_is_a_number():
     assert cfg.optim.lr == 2e-4 and cfg.model.prior_loss_weight == 0.5
     assert load_config(overrides=["model.data.instance_prompt=a photo of sks ball"]).model.data.instance_prompt \
         == "a photo of sks ball"
+
+
+def test_validation_and_log_with_defaults_and_spellings():
+    cfg = load_config()
+    assert cfg.trainer.validation.prompts is None and cfg.trainer.log_with is None     # prompts follow the data keys
+    cfg = load_config(overrides=["trainer.log_with=none", "trainer.validation.prompts=a photo of sks ball"])
+    assert cfg.trainer.log_with is None and list(cfg.trainer.validation.prompts) == ["a photo of sks ball"]

@@ -69,8 +69,11 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_config, tiny_pi
     assert made[0] and made[1] and not made[0] & made[1]
     assert made[0] | made[1] == {f"class_{i:05d}.png" for i in (0, 1, 3, 4, 5)}
     assert (reg / "class_00002.png").read_bytes() == sorted(SUBJECT.glob("*.png"))[0].read_bytes()
-    # the latent cache is encoded by the main process only
+    # the latent cache is encoded by the main process only, and only it samples the validations (steps 0 and 4)
     assert ranks[0]["encoded"] > 0 and ranks[1]["encoded"] == 0
+    assert ranks[0]["validated"] == [0, 4] and ranks[1]["validated"] == []
+    assert [v["step"] for v in json.loads((tmp_path / "two" / "validation" / "validation.json").read_text())
+            ["validations"]] == [0, 4]
     # one output, written once: a pipeline; the checkpoint of step 2 removed after it (by one process); each
     # folder was locked by the main process alone (a second holder would have stopped the run), and let go
     assert (tmp_path / "two" / "model_index.json").exists()

@@ -140,8 +140,11 @@ trainer: {{max_steps: 6, checkpoint_every: 2, progress: false}}
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
     assert hidden(out) == [] and hidden(reg) == [] and hidden(inst_cache) == [] and hidden(ckpts) == []
-    assert check_files_whole(tmp_path) == 6 + 5 + 6 + 3 + 1  # class images, latents, the pipeline's weights, the
-    #                                                          model card's samples.png
+    # class images, latents, the pipeline's weights, the model card's samples.png, and the validations of steps 0
+    # and 6 with their strip
+    assert check_files_whole(tmp_path) == 6 + 5 + 6 + 3 + 1 + 3
+    validations = json.loads((out / "validation" / "validation.json").read_text())["validations"]
+    assert [v["step"] for v in validations] == [0, 6]                   # each made once, across the kills
     assert mtimes(visible(inst_cache, "*.safetensors") + visible(reg_cache, "*.safetensors")) == all_cache_times
 
     # the same run without interruptions, in this process, single-threaded like the subprocesses

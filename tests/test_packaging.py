@@ -12,6 +12,7 @@ from conftest import ROOT
 tomllib = pytest.importorskip("tomllib")            # Python >= 3.11
 CONSTRAINTS = ROOT / ".ci" / "lowest-constraints.txt"
 NOT_AT_LOWER_BOUND = {"torch": "2.13.0"}            # the only CPU build on this project's machines
+PINNED_EXTRAS = ("tensorboard",)                    # extras that the lowest run installs too (through `dev`)
 
 
 def pins() -> dict[str, str]:
@@ -21,7 +22,8 @@ def pins() -> dict[str, str]:
 
 def test_the_lowest_constraints_pin_the_lower_bound_of_every_dependency():
     lower = {}
-    for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for dep in project["dependencies"] + [d for e in PINNED_EXTRAS for d in project["optional-dependencies"][e]]:
         req = Requirement(dep)
         bound = [s.version for s in req.specifier if s.operator == ">="]
         assert len(bound) == 1, f"pyproject.toml: {dep} needs one lower bound (>=)"
