@@ -30,14 +30,16 @@ PROFILES = {
         max_steps=500, lr=1e-4, prior_loss_weight=1.0, train_text_encoder=False, seed=0,
         num_reg_images=200, num_images_per_prompt=25,
         lora_rank=0, gradient_checkpointing=False, use_8bit_adam=False, save_merged=True, checkpoint_every=0,
-        samples_per_prompt=8, sampler_steps=20, guidance=5.0, scheduler="dpm", sample_batch=25),
+        samples_per_prompt=8, sampler_steps=20, guidance=5.0, scheduler="dpm", sample_batch=25,
+        validation_every=100, validation_images=4),
     "sd15": dict(
         pretrained="stable-diffusion-v1-5/stable-diffusion-v1-5", subject_dir=ROOT / "data/dog6",
         identifier="sks", class_noun="dog", scene="on the beach", colour="black", resolution=512,
         max_steps=400, lr=1e-4, prior_loss_weight=1.0, train_text_encoder=False, seed=0,
         num_reg_images=50, num_images_per_prompt=4,
         lora_rank=16, gradient_checkpointing=True, use_8bit_adam=False, save_merged=False, checkpoint_every=100,
-        samples_per_prompt=4, sampler_steps=25, guidance=7.5, scheduler="dpm", sample_batch=4),
+        samples_per_prompt=4, sampler_steps=25, guidance=7.5, scheduler="dpm", sample_batch=4,
+        validation_every=100, validation_images=2),
 }
 # the keys gpu_settings() decides on a CUDA machine, as config key -> setting
 GPU_KEYS = {"model.lora.rank": "lora_rank", "model.gradient_checkpointing": "gradient_checkpointing",
@@ -146,6 +148,7 @@ class Course:
             **({"optim.use_8bit_adam": True} if self.use_8bit_adam else {}),
             "trainer.max_steps": self.max_steps, "trainer.seed": self.seed, "trainer.precision": self.precision,
             "trainer.device": self.device.type, "trainer.checkpoint_every": self.checkpoint_every,
+            "trainer.validation.every": self.validation_every, "trainer.validation.num_images": self.validation_images,
         }
 
     def load_pipeline(self, pretrained=None):
@@ -283,8 +286,9 @@ def run_dir(work, cfg) -> Path:
     fresh folder."""
     c = OmegaConf.to_container(cfg, resolve=True)
     c.pop("output_dir", None)
-    for k in ("progress", "resume", "keep_checkpoints", "wait_for_lock"):     # they do not change what is trained
-        c["trainer"].pop(k, None)
+    for k in ("progress", "resume", "keep_checkpoints", "wait_for_lock", "validation", "log_with"):
+        c["trainer"].pop(k, None)                                  # they do not change what is trained
+    c["model"]["sampling"].pop("card_seeds", None)
     c["model"]["pretrained"] = model_tag(cfg.model.pretrained)
     key = hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:10]
     m = cfg.model

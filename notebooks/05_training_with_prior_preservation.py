@@ -12,7 +12,8 @@
 #
 # - one training step by hand: latents, noise, timesteps, text embeddings, the UNet's prediction
 # - the prior-preservation loss written with `torch.chunk` and `F.mse_loss`, checked against `dbtutor.dreambooth_loss` (NeMo's formula)
-# - training with `dbtutor.train`, and reading the instance and prior loss curves
+# - the whole training loop by hand, in one cell, giving the very losses `dbtutor.train` gives
+# - training with `dbtutor.train`, reading the instance and prior loss curves, and watching samples along the way
 # - what the trained model draws for the subject and for the bare class
 
 # %%
@@ -47,13 +48,15 @@ PRIOR_LOSS_WEIGHT = None  # model.prior_loss_weight, λ (toy 1.0, sd15 1.0)
 LR = None                 # optim.lr (toy 0.0001, sd15 by GPU)
 NUM_REG_IMAGES = None     # model.data.num_reg_images (toy 200, sd15 50)
 SAMPLES_PER_PROMPT = None # images per prompt in the grids (toy 8, sd15 4)
+VALIDATION_EVERY = None   # trainer.validation.every: samples along the way (toy 100, sd15 100)
+LOOP_STEPS = 20           # steps of the loop written by hand in section 2
 
 # %%
 from dbtutor import course
 
 C = course.setup(PROFILE, drive=WORK_ON_DRIVE, subject_dir=SUBJECT_DIR, class_noun=CLASS_NOUN,
                  max_steps=MAX_STEPS, prior_loss_weight=PRIOR_LOSS_WEIGHT, lr=LR, num_reg_images=NUM_REG_IMAGES,
-                 samples_per_prompt=SAMPLES_PER_PROMPT)
+                 samples_per_prompt=SAMPLES_PER_PROMPT, validation_every=VALIDATION_EVERY)
 
 # %% [markdown]
 # ## 1. One step, by hand
@@ -107,16 +110,78 @@ loss, inst_l, prior_l = dbtutor.dreambooth_loss(pred, noise, True, C.prior_loss_
 print(f"by hand: {loss_by_hand:.5f} = {instance_loss:.5f} + {C.prior_loss_weight} * {prior_loss:.5f}")
 print(f"dbtutor: {loss:.5f} = {inst_l:.5f} + {C.prior_loss_weight} * {prior_l:.5f}")
 assert torch.allclose(loss, loss_by_hand)
-del pipe
+
+# %% [markdown]
+# ## 2. The loop, by hand
+#
+# Training repeats that step: draw a latent of `batch_size` subject images and as many class images, add noise at
+# random timesteps, predict it with each image's prompt, take the two-part loss, step the optimizer. Every random
+# number of a step comes from `(seed, step)` (`step_generator`), so a run interrupted and resumed draws what an
+# unbroken one does. Here in one cell, for `LOOP_STEPS` steps, on the package's own pieces: the cached latents, the
+# two prompts' embeddings (the text encoder is frozen), `dreambooth_loss`. The sd15 profile trains LoRA adapters
+# (`add_lora`) instead of the whole UNet; the loop is the same. In float32, so that it can be compared with
+# `dbtutor.train` on the same settings, trained first (a short run of its own):
+
+# %%
+from dbtutor.lora import add_lora, trainable_parameters
+from dbtutor.train import step_generator
+
+loop_cfg = course.run_config({**C.overrides, "trainer.max_steps": LOOP_STEPS, "trainer.precision": "32",
+                              "trainer.validation.every": 0, "model.sampling.card_seeds": 0}, C.work)
+reference = dbtutor.train(loop_cfg, progress=False)
+reference.pipe = None
+course.free_memory()
+
+pipe = dbtutor.load_pipeline(C.pretrained, device=C.device)          # float32
+unet, vae = pipe.unet, pipe.vae
+latents = dbtutor.cache_subject_latents(loop_cfg, pipe)              # mean and log-variance of each image
+with torch.no_grad():
+    embeds = pipe.text_encoder(ids)[0]                               # [instance prompt, class prompt]
+unet.requires_grad_(True)
+add_lora(loop_cfg, unet, pipe.text_encoder)                          # LoRA (sd15): adapters only; toy: nothing
+if loop_cfg.model.gradient_checkpointing:
+    unet.enable_gradient_checkpointing()                             # less memory, the same numbers
+params = trainable_parameters(loop_cfg, unet, pipe.text_encoder)
+optimizer = torch.optim.AdamW(params, lr=C.lr, weight_decay=loop_cfg.optim.weight_decay)
+B, shape, T = loop_cfg.trainer.batch_size, latents["instance"]["mean"].shape[1:], 1000
+unet.train()
+losses = []
+for step in range(LOOP_STEPS):
+    g = step_generator(C.seed, step)                # every random number of this step comes from (seed, step)
+    z, noise, t = [], [], []
+    for part in ("instance", "regularization"):     # B subject images, then B class images
+        mean, logvar = latents[part]["mean"], latents[part]["logvar"]
+        i = torch.randint(0, 2 ** 31 - 1, (B,), generator=g) % len(mean)      # which images
+        eps = torch.randn((B, *shape), generator=g)
+        noise.append(torch.randn((B, *shape), generator=g))
+        t.append(torch.randint(0, T, (B,), generator=g))
+        z.append((mean[i] + (0.5 * logvar[i]).exp() * eps) * vae.config.scaling_factor)   # a latent sample
+    z, noise, t = torch.cat(z).to(C.device), torch.cat(noise).to(C.device), torch.cat(t).to(C.device)
+    noisy = noise_scheduler.add_noise(z, noise, t)                    # forward diffusion to timestep t
+    pred = unet(noisy, t, embeds[[0] * B + [1] * B]).sample           # predict the noise, each with its prompt
+    loss, instance_loss, prior_loss = dbtutor.dreambooth_loss(pred, noise, True, C.prior_loss_weight)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, loop_cfg.optim.max_grad_norm)
+    for group in optimizer.param_groups:            # linear warmup, then constant
+        group["lr"] = C.lr * min(1.0, (step + 1) / loop_cfg.optim.warmup_steps)
+    optimizer.step()
+    optimizer.zero_grad()
+    losses.append(loss.item())
+
+theirs = [h["loss"] for h in reference.history]
+worst = max(abs(a - b) / abs(b) for a, b in zip(losses, theirs))
+print(f"{LOOP_STEPS} steps by hand vs dbtutor.train: largest relative difference of the loss {worst:.1e}")
+assert worst < (1e-5 if C.device.type == "cpu" else 1e-3)           # GPU kernels need not be bit-reproducible
+del pipe, unet, vae, optimizer, params
 course.free_memory()
 
 # %% [markdown]
-# ## 2. Training, with the package
+# ## 3. Training, with the package
 #
-# `dbtutor.train(cfg)` repeats that step `max_steps` times with AdamW on the UNet (the text encoder stays frozen,
-# `train_text_encoder: false`, as in diffusers' and NeMo's defaults; 07 shows what training it does), and adds
-# what a real run needs: class images and latent cache made if missing, learning-rate warmup, gradient clipping,
-# mixed precision with loss scaling on a GPU, checkpoints it can resume from, and a saved diffusers pipeline.
+# `dbtutor.train(cfg)` is that loop for `max_steps` steps (the text encoder stays frozen, `train_text_encoder:
+# false`, as in diffusers' and NeMo's defaults; 07 shows what training it does), plus what a real run needs: class
+# images and latent cache made if missing, mixed precision with loss scaling on a GPU, checkpoints it can resume
+# from, samples at fixed seeds every `validation.every` steps, and a saved diffusers pipeline with a model card.
 # The output folder is named after the config, so running this cell again (or 06 later) finds the finished
 # run instead of training again.
 
@@ -141,7 +206,21 @@ plt.show()
 # the **prior loss** should stay about where it started: the model still predicts its own class samples.
 # If the prior loss climbs, the class is drifting.
 #
-# ## 3. What the trained model draws
+# The samples along the way (`output_dir/validation`): the same prompts and seeds at every validation step, from
+# the base model (step 0) to the end. Move the slider to see one step whole.
+
+# %%
+from dbtutor.validation import load_validations
+from dbtutor.plots import validation_strips
+from dbtutor.widgets import validation_panel
+
+run = load_validations(result.output_dir)
+validation_strips({"with prior preservation": run}, prompt=run.instance_prompt)
+plt.show()
+validation_panel(result.output_dir)
+
+# %% [markdown]
+# ## 4. What the trained model draws
 
 # %%
 from dbtutor.plots import image_grid
@@ -165,7 +244,7 @@ if M is not None:
     print(report("after training", M.scores(images[:2 * k], images[2 * k:])), f"({M.unit})")
 
 # %% [markdown]
-# ## 4. Play
+# ## 5. Play
 #
 # Sample the trained model with your own prompts: the subject on the beach, at night, or the bare class.
 

@@ -12,6 +12,7 @@
 #
 # - what language drift looks like: the bare class prompt taken over by the subject
 # - that the prior-preservation loss prevents it, at the same number of steps and learning rate
+# - when drift sets in: the class prompt's samples over the training steps, without and with prior preservation
 # - how `prior_loss_weight` (λ) trades subject fidelity against keeping the class, measured
 # - a panel to retrain with another λ and see the result next to the others
 
@@ -126,7 +127,46 @@ if M is not None:
         print(report(name, s))
 
 # %% [markdown]
-# ## 5. The `prior_loss_weight` sweep
+# ## 5. Drift, step by step
+#
+# Each run sampled the same prompts at the same seeds every `validation_every` steps while it trained (step 0 is
+# the base model). The bare class prompt over the steps, without prior preservation (top) and with it (bottom):
+
+# %%
+from dbtutor.plots import validation_curves, validation_strips
+from dbtutor.validation import load_validations
+
+runs = {"without prior preservation": load_validations(without.output_dir), WITH: load_validations(with_prior.output_dir)}
+validation_strips(runs, prompt=C.class_prompt)
+plt.show()
+
+# %% [markdown]
+# The same validations measured (judge: share of samples showing the subject's look; DINOv2: similarity to the
+# subject photos), the subject prompt (solid) and the class prompt (dashed) per run, and the first step at which
+# each run's class samples come halfway from where the base model was to where the subject prompt ends:
+
+# %%
+r = runs["without prior preservation"]
+metric = {"judge": "look_share", "clip": "dino"}.get(r.scorer)
+if metric:
+    validation_curves(runs, metric=metric)
+    plt.show()
+    for name, run in runs.items():
+        cls, inst = run.shares(run.class_prompt, metric), run.shares(run.instance_prompt, metric)
+        half = cls[0] + (inst[-1] - cls[0]) / 2
+        drifted = [s for s, v in zip(run.steps, cls) if v >= half and s > 0]
+        print(f"{name:34s} class prompt {cls[0]:.2f} at step 0, {cls[-1]:.2f} at step {run.steps[-1]}; "
+              + (f"halfway to the subject from step {drifted[0]}" if drifted else "never halfway to the subject"))
+else:
+    print("these validations have no scores (no judge, and no CLIP/DINOv2 on this machine): the strips above")
+
+# %% [markdown]
+# Without prior preservation the class prompt follows the subject prompt: the subject's look spreads to the class as
+# training goes on, until the bare class prompt draws the subject. With it, the class prompt stays where the base
+# model had it at every step. That is what the class half of the loss buys.
+#
+# %% [markdown]
+# ## 6. The `prior_loss_weight` sweep
 #
 # λ scales the class half of the loss. λ = 0 gives the class half no gradient at all, so it *is* training
 # without prior preservation (the same instance draws and updates, up to rounding): we reuse that run. Larger λ
@@ -157,7 +197,7 @@ if M is not None:
 # With few samples per prompt each point is coarse (judge: steps of 1/8 at 8 samples); raise `SAMPLES_PER_PROMPT`
 # and add weights to `SWEEP_WEIGHTS` for a smoother curve.
 #
-# ## 6. Play: retrain and redraw
+# ## 7. Play: retrain and redraw
 #
 # Pick a `prior_loss_weight` and a number of steps, press **retrain and redraw**: the panel calls
 # `dbtutor.train` with those overrides (a new output folder per setting; settings already trained are reused)

@@ -14,6 +14,7 @@
 # - LoRA (`model.lora.rank`): a few adapter weights instead of the whole UNet, loadable with stock diffusers
 # - data-parallel training on several GPUs with `accelerate launch`
 # - moving the whole course to Stable Diffusion v1.5 on a GPU with your own photos: one switch, and what fits where
+# - using the trained model elsewhere: its model card, one file for the web UIs, sharing it on the Hub
 
 # %%
 # Colab only: bring in the course and install it. Elsewhere nothing happens (install once: `pip install -e .`).
@@ -189,7 +190,7 @@ del pipe
 course.free_memory()
 stock = StableDiffusionPipeline.from_pretrained(str(C.pretrained), torch_dtype=C.dtype, safety_checker=None,
                                                 requires_safety_checker=False)
-stock.load_lora_weights(lora.output_dir, weight_name=WEIGHT_NAME)   # plain diffusers, no dbtutor
+stock.load_lora_weights(lora.output_dir, weight_name=WEIGHT_NAME)   # plain diffusers (weight_name: also offline)
 stock.to(C.device)
 theirs = C.sample_rows(stock, C.prompts, seeds)
 del stock
@@ -238,6 +239,21 @@ print(sd.table())
 print(f"prompts {sd.instance_prompt!r} / {sd.class_prompt!r}; on {sd.device}, trainer.precision {sd.precision}")
 
 # %% [markdown]
+# On a GPU the profile takes its memory settings from `dbtutor.memory.gpu_settings`: the first of full fine-tuning,
+# full fine-tuning with gradient checkpointing (and 8-bit AdamW where bitsandbytes is installed), and LoRA, whose
+# estimated peak stays within 90 % of the card. The estimates (weights, gradients, optimizer state counted;
+# activations measured at 512 px with SD v1.5's architecture on a CPU; not measured on a GPU):
+
+# %%
+from IPython.display import Markdown, display
+
+from dbtutor import memory
+
+display(Markdown(memory.table()))
+for gib, name in ((11.7, "a 12 GB card"), (14.7, "a 16 GB T4"), (22.0, "a 24 GB card")):
+    print(f"{name:14s} -> {memory.gpu_settings(gib, bnb=False, capability=(7, 5))['why']}")
+
+# %% [markdown]
 # The run itself, here and now, only when asked (`TRY_SD15 = True`, on a GPU; about 10 minutes on a T4): the
 # same `dbtutor.train` as every notebook, with the sd15 profile's config.
 
@@ -255,5 +271,40 @@ else:
 # "model.data.regularization_prompt=a photo of a dog" model.data.resolution=512 trainer.precision=16
 # model.lora.rank=16`, then `dbtutor sample --prompt "a photo of sks dog on the beach" ...`.
 #
+# ## 6. Use your model elsewhere
+#
+# Every run folder holds a **model card** (`README.md`, in the Hugging Face Hub's format): what was trained and how,
+# a sample grid, the code that loads it, and the base model's license. The LoRA run's:
+
+# %%
+card = (lora.output_dir / "README.md").read_text()
+display(Markdown(card.split("---", 2)[-1]))               # the card without its YAML header
+
+# %% [markdown]
+# AUTOMATIC1111's web UI and ComfyUI read one `.safetensors` file in Stable Diffusion's original key layout (a LoRA
+# in kohya's). `dbtutor export RUN --out FILE.safetensors` (or `dbtutor.export.export`) writes it; a model whose
+# blocks are not Stable Diffusion 1.x/2.x's (the toy world's are smaller) is refused, with what to use instead:
+
+# %%
+from dbtutor.export import NotStableDiffusion, export
+
+for run in (frozen, lora):
+    try:
+        got = export(run.output_dir, C.work / "exports" / f"{run.output_dir.name}.safetensors")
+        print(f"{run.output_dir.name}: a {got['kind']} of {got['tensors']} tensors, {got['bytes'] / 1e6:.1f} MB")
+    except NotStableDiffusion as e:
+        print(f"{run.output_dir.name}: {e}")
+
+# %% [markdown]
+# And to share it: `dbtutor push RUN --repo-id YOU/NAME` uploads the run with its card to the Hugging Face Hub
+# (log in first: `huggingface-cli login`). `--dry-run` lists what would go, without a network:
+
+# %%
+from dbtutor.push import push
+
+for name, size in push(lora.output_dir, "you/sks-model", dry_run=True)["files"]:
+    print(f"{size / 1e6:9.2f} MB  {name}")
+
+# %% [markdown]
 # That is the course: the prior (01), the subject and its word (02), latents (03), class images (04), the loss
 # and training (05), drift and its cure (06), and the switches for real models (07).
