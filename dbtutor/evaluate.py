@@ -168,14 +168,14 @@ class Encoders:
         try:
             self.clip = CLIPModel.from_pretrained(str(clip_model)).to(self.device).eval()
             self.tokenizer = CLIPTokenizer.from_pretrained(str(clip_model))
-        except OSError as e:
+        except Exception as e:          # not found, offline, or a damaged folder or download
             raise ConfigError(f"cannot load the CLIP model {clip_model} ({type(e).__name__}): pass a local folder "
-                              "of a transformers CLIPModel with --clip-model") from None
+                              "of a complete transformers CLIPModel with --clip-model") from None
         try:
             self.dino = Dinov2Model.from_pretrained(str(dino_model)).to(self.device).eval()
-        except OSError as e:
+        except Exception as e:
             raise ConfigError(f"cannot load the DINOv2 model {dino_model} ({type(e).__name__}): pass a local folder "
-                              "of a transformers Dinov2Model with --dino-model") from None
+                              "of a complete transformers Dinov2Model with --dino-model") from None
         self.clip_size = self.clip.config.vision_config.image_size
         self.dino_size = min(224, self.dino.config.image_size)
 
