@@ -10,27 +10,24 @@ problem is one line (ConfigError): the part, the file, what is wrong and what to
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
-import os
-import warnings
 from pathlib import Path
 
 import torch
 
 from .errors import ConfigError
+from .model_source import SD, locate, quiet
 from .weight_files import DAMAGED, MISSING, BadFile, read_json, weight_shapes, weights_file
 
-PARTS = {   # part: library, the classes dbtutor trains with (None: any scheduler of the library), its config file
-    "unet": ("diffusers", ("UNet2DConditionModel",), "config.json"),
-    "vae": ("diffusers", ("AutoencoderKL",), "config.json"),
-    "text_encoder": ("transformers", ("CLIPTextModel", "CLIPTextModelWithProjection"), "config.json"),
-    "tokenizer": ("transformers", ("CLIPTokenizer", "CLIPTokenizerFast"), "tokenizer_config.json"),
-    "scheduler": ("diffusers", None, "scheduler_config.json"),
+PARTS = {   # part: its library, the classes dbtutor trains with (None: any scheduler of the library)
+    "unet": ("diffusers", ("UNet2DConditionModel",)),
+    "vae": ("diffusers", ("AutoencoderKL",)),
+    "text_encoder": ("transformers", ("CLIPTextModel", "CLIPTextModelWithProjection")),
+    "tokenizer": ("transformers", ("CLIPTokenizer", "CLIPTokenizerFast")),
+    "scheduler": ("diffusers", None),
 }
 NOT_LOADED = ("safety_checker", "feature_extractor", "image_encoder")   # dbtutor loads none of these
 RUN_MARKS = ("history.json", "dreambooth.yaml")                          # a pipeline `dbtutor train` saved
-SD = "a Stable Diffusion 1.x/2.x pipeline folder (unet, vae, text_encoder, tokenizer, scheduler)"
 
 MISMATCH, FOREIGN = "mismatch", "foreign"      # besides MISSING (a cut download or copy) and DAMAGED
 
@@ -56,32 +53,16 @@ def _json(folder: Path, file: str, part: str) -> dict:
         raise _bad(part, file, e) from None
 
 
-@contextlib.contextmanager
-def _quiet():
-    """The libraries' own warnings (unknown config keys, deprecations) stay out of the one line we print."""
-    levels = {}
-    for lib in ("diffusers", "transformers", "huggingface_hub"):
-        log = importlib.import_module(f"{lib}.utils.logging")
-        levels[log] = log.get_verbosity()
-        log.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for log, level in levels.items():
-            log.set_verbosity(level)
-
-
-def _version_hint(library: str, saved) -> str:
+def _newer(library: str, saved) -> str | None:
+    """What to do when a file was written by a newer `library` than this one (else None)."""
     from packaging.version import InvalidVersion, Version
     here = importlib.import_module(library).__version__
     try:
         newer = saved and Version(str(saved)) > Version(here)
     except InvalidVersion:
         newer = False
-    return f"; it was written by {library} {saved}, newer than this {here}: pip install -U '{library}>={saved}'" \
-        if newer else ""
+    return f"it was written by {library} {saved}, newer than this {here}: pip install -U '{library}>={saved}'" \
+        if newer else None
 
 
 def check_index(folder: Path) -> dict:
@@ -101,7 +82,7 @@ def check_index(folder: Path) -> dict:
         raise Damage("pipeline", "model_index.json", f"describes a {kind} that {what}, not a Stable Diffusion 1.x/2.x "
                      "pipeline", FOREIGN)
     parts = {}
-    for part, (library, classes, _) in PARTS.items():
+    for part, (library, classes) in PARTS.items():
         lib, cls = present[part]
         if lib != library or (classes and cls not in classes):
             raise Damage(part, "model_index.json", f"names {lib}.{cls} for {part}, where dbtutor needs "
@@ -109,7 +90,7 @@ def check_index(folder: Path) -> dict:
         if not hasattr(importlib.import_module(library), cls):
             raise Damage(part, "model_index.json", f"names {library}.{cls}, which {library} "
                          f"{importlib.import_module(library).__version__} does not have", FOREIGN,
-                         fix=_version_hint(library, index.get("_diffusers_version")).lstrip("; ")
+                         fix=_newer(library, index.get("_diffusers_version"))
                          or f"pip install -U {library} if a newer one has it, or name a {part} class this one has "
                          "in model_index.json")
         parts[part] = (lib, cls)
@@ -119,7 +100,7 @@ def check_index(folder: Path) -> dict:
 def _meta_model(folder: Path, part: str, library: str, class_name: str):
     """The part as its config builds it, on the meta device (shapes only, no memory, about a second for SD v1.5)."""
     cls = getattr(importlib.import_module(library), class_name)
-    with _quiet(), torch.device("meta"):
+    with quiet(), torch.device("meta"):
         if library == "diffusers":
             return cls.from_config(cls.load_config(str(folder / part)))
         return cls(cls.config_class.from_pretrained(str(folder / part)))
@@ -142,7 +123,7 @@ def check_weights(folder: Path, part: str, library: str, class_name: str) -> dic
     except Exception as e:          # each library raises its own types for a config it cannot build
         saved = config.get("_diffusers_version") or config.get("transformers_version")
         raise Damage(part, f"{part}/config.json", f"is not a valid {class_name} config ({type(e).__name__}: "
-                     f"{_first_line(e)})", DAMAGED, fix=_version_hint(library, saved).lstrip("; ") or None) from None
+                     f"{_first_line(e)})", DAMAGED, fix=_newer(library, saved)) from None
     if shapes is not None:          # .bin files: no header to read without unpickling; the loader checks them
         have = {k.removeprefix("text_model."): v for k, v in shapes.items()}
         want = {k.removeprefix("text_model."): tuple(t.shape) for k, t in model.state_dict().items()}
@@ -223,12 +204,12 @@ def check_scheduler(folder: Path, class_name: str) -> None:
     config = _json(folder, "scheduler/scheduler_config.json", "scheduler")
     cls = getattr(importlib.import_module("diffusers"), class_name)
     try:
-        with _quiet():
+        with quiet():
             cls.from_config(config)
     except Exception as e:
         raise Damage("scheduler", "scheduler/scheduler_config.json", f"is not a valid {class_name} config "
                      f"({type(e).__name__}: {_first_line(e)})", DAMAGED,
-                     fix=_version_hint("diffusers", config.get("_diffusers_version")).lstrip("; ") or None) from None
+                     fix=_newer("diffusers", config.get("_diffusers_version"))) from None
 
 
 def check_fit(found: dict) -> None:
@@ -320,62 +301,25 @@ def _signature(folder: Path, parts) -> tuple:
     for f in sorted(files):
         try:
             st = f.stat()
-            stats.append((f.name, st.st_size, st.st_mtime_ns))
+            stats.append((f.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns))
         except OSError:
-            stats.append((f.name, None, None))
+            stats.append((f.relative_to(folder).as_posix(), None, None))
     return str(folder.resolve()), tuple(parts), tuple(stats)
-
-
-def locate(pretrained, name: str = "model.pretrained") -> tuple[Path, Path | None]:
-    """The local folder to check and load, and for a hub id its cache entry (models--org--name). A hub id is
-    fetched as StableDiffusionPipeline.from_pretrained would (only what is missing; offline: the cached copy)."""
-    text = str(pretrained)
-    given = f"{name} {text}" if name.startswith("-") else f"{name}={text}"     # an option, or a config key
-    p = Path(text).expanduser()
-    if p.exists():
-        if not p.is_dir():
-            raise ConfigError(f"{given} is a file, not a folder: point it at {SD}")
-        if not (p / "model_index.json").is_file():
-            single = p / "config.json"
-            held = ""
-            if single.is_file():
-                try:
-                    held = f" (it holds one {read_json(single).get('_class_name') or 'model'}, not a whole pipeline)"
-                except BadFile:
-                    pass
-            raise ConfigError(f"{given} is a folder without model_index.json{held}: point it at a diffusers "
-                              "Stable Diffusion pipeline folder")
-        return p, None
-    if text.startswith((".", "/", "~")) or os.sep in text.strip("/").replace("/", "", 1):
-        raise ConfigError(f"{given}: no such folder")
-    from diffusers import StableDiffusionPipeline
-    from huggingface_hub import constants
-    entry = Path(constants.HF_HUB_CACHE) / ("models--" + text.replace("/", "--"))
-    try:
-        with _quiet():
-            folder = StableDiffusionPipeline.download(text, safety_checker=None, feature_extractor=None)
-    except Exception as e:          # offline and not cached, a download cut off, no such repository, ...
-        if entry.is_dir():
-            partial = len(list(entry.glob("blobs/*.incomplete")))
-            raise ConfigError(f"{given}: its download from the Hugging Face Hub is incomplete (the cache {entry} "
-                              f"holds part of it{f', {partial} files half written' if partial else ''}; "
-                              f"{type(e).__name__}): run again while online (HF_HUB_OFFLINE unset) to finish it, or "
-                              f"delete {entry} to download it afresh") from None
-        raise ConfigError(f"{given} is neither a local folder nor reachable on the Hugging Face Hub "
-                          f"({type(e).__name__}); use a local pipeline folder such as data/models/toyworld") from None
-    return Path(folder), entry
 
 
 def check_model(pretrained, name: str = "model.pretrained", parts=tuple(PARTS)) -> Path:
     """Check a pipeline folder or hub id before loading it; return the local folder to load. ConfigError, in one
     line, on the first problem. A folder found sound is not read again until one of its files changes."""
-    folder, entry = locate(pretrained, name)
-    key = _signature(folder, parts)
-    if key in _CHECKED:
-        return folder
     try:
+        folder, entry = locate(pretrained, name)
+        key = _signature(folder, parts)
+        if key in _CHECKED:
+            return folder
         check_folder(folder, parts)
     except Damage as d:
         raise ConfigError(message(str(pretrained), d, folder, entry)) from None
+    except OSError as e:            # a folder or file we may not read (permissions), a disk error
+        raise ConfigError(f"{pretrained}: {e.filename or 'a file of it'} cannot be read ({type(e).__name__}: "
+                          f"{e.strerror or e}); check its permissions, or copy the model again") from None
     _CHECKED.add(key)
     return folder

@@ -122,8 +122,10 @@ def load_checked(folder, name: str, library: str, class_name: str, label: str | 
         check_model(folder, parts=(name,))
     cls = getattr(importlib.import_module(library), class_name)
     kwargs = {"subfolder": name, "output_loading_info": True}
-    if library == "diffusers" and _version("diffusers") < (0, 33):
-        kwargs["low_cpu_mem_usage"] = False           # before 0.33 only this path reports unused weights
+    sharded = (Path(folder) / name / "diffusion_pytorch_model.safetensors.index.json").exists()
+    if library == "diffusers" and _version("diffusers") < (0, 33) and not sharded:
+        kwargs["low_cpu_mem_usage"] = False           # before 0.33 only this path reports unused weights (and
+                                                      # reads no shards: those have their shapes checked first)
     log = importlib.import_module(f"{library}.utils.logging")
     level = log.get_verbosity()
     log.set_verbosity_error()                         # their multi-line warning about such weights: ours is below
