@@ -299,6 +299,8 @@ def eval_command(cfg, model=None, backend: str = "auto", num_samples: int = 4, c
         model = cfg.output_dir
         if not (Path(model) / "model_index.json").exists():
             raise ConfigError(f"output_dir={model} holds no trained pipeline: run `dbtutor train` first, or pass --model")
+        from .pipeline import check_pretrained
+        check_pretrained(model, "output_dir")          # a damaged saved pipeline: one line, before any work
     if backend == "auto":
         backend = "judge" if (Path(d.instance_dir) / "subject.json").exists() else "clip"
     out = Path(out) if out else Path(cfg.output_dir) / "eval.json"

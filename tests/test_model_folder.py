@@ -332,6 +332,19 @@ def test_not_a_pipeline_folder(tiny_pipeline_dir, tmp_path, capsys):
     assert_one_line(rc, lines, f"--model {tmp_path / 'nowhere'}: no such folder")
 
 
+def test_eval_and_ablate_stop_in_one_line_before_any_work(tiny_pipeline_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_dir, model)
+    cut(0.5)(model / WEIGHTS["vae"])
+    words = (f"{model}: vae: {WEIGHTS['vae']} is truncated",)
+    for argv in (["eval", "--model", str(model), "--out", str(tmp_path / "e" / "eval.json")],
+                 ["eval", f"output_dir={model}", "--out", str(tmp_path / "e" / "eval.json")],
+                 ["ablate", "--quick", "--work", str(tmp_path / "e"), f"model.pretrained={model}"]):
+        rc, lines = cli(argv, capsys)
+        assert_one_line(rc, lines, *words)
+    assert not (tmp_path / "e").exists()
+
+
 def test_a_part_that_cannot_be_read(tiny_pipeline_dir, tmp_path, monkeypatch, capsys):
     """Permissions cannot be taken from root (the tests' user here), so the refusal is simulated where it
     happens: listing the UNet's folder."""
