@@ -3,6 +3,7 @@ from .config import DEFAULT_CONFIG, ROOT, load_config
 from .data import DreamBoothDataset, collate, load_image, preprocess, scan_images
 from .errors import ConfigError, DataError, DBTutorError, LockedError, TrainingError
 from .latent_cache import cache_latents
+from .model_check import check_model
 from .pipeline import load_pipeline, pick_device, sample, text_moved, text_shift
 from .regularization import generate_regularization
 from .train import TrainResult, dreambooth_loss, train
@@ -26,6 +27,6 @@ def cache_subject_latents(cfg, pipe=None) -> dict:
 
 
 __all__ = ["load_config", "generate_regularization", "cache_latents", "cache_subject_latents", "train", "sample",
-           "load_pipeline", "pick_device", "text_shift", "text_moved", "dreambooth_loss", "DreamBoothDataset", "collate", "load_image",
+           "load_pipeline", "check_model", "pick_device", "text_shift", "text_moved", "dreambooth_loss", "DreamBoothDataset", "collate", "load_image",
            "preprocess", "scan_images", "TrainResult", "DBTutorError", "ConfigError", "DataError", "TrainingError",
            "LockedError", "ROOT", "DEFAULT_CONFIG"]

@@ -208,7 +208,9 @@ def ablate(cfg, subjects=None, seeds=None, weights=None, steps=None, work=None, 
     if not seeds or not weights:
         raise ConfigError("give at least one seed and one prior_loss_weight")
     from .evaluate import load_judge_or_fail
+    from .pipeline import check_pretrained
     load_judge_or_fail(judge_dir)                      # fail before any training
+    check_pretrained(cfg.model.pretrained)
     variants = [variant_name(w) for w in weights]
     total = len(subjects) * (len(seeds) * len(weights) + 1)
     print(f"ablation: {len(subjects)} subjects x {len(seeds)} seeds x {len(weights)} variants ({', '.join(variants)}) "

@@ -8,7 +8,17 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import arguments as A
 from .errors import DBTutorError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, its errors in dbtutor's one line (its own are two or more: the usage, then the error)."""
+
+    def error(self, message):
+        where = f"{self.prog}: " if self.prog != "dbtutor" else ""
+        _say(f"dbtutor: error: {where}{message} (see {self.prog} --help)")
+        sys.exit(2)
 
 
 def _common(p):
@@ -55,10 +65,18 @@ def cmd_cache(args, cfg):
         print(f"{name}: {len(c['encoded'])} encoded, {len(c['reused'])} reused from the cache")
 
 
+def check_sample(args):
+    A.count(args.num, "--num")
+    A.seed(args.seed, "--seed", args.num)
+    A.figure_file(args.out, "--out")
+
+
 def cmd_sample(args, cfg):
-    from .pipeline import load_pipeline, pick_device, sample, sampling_dtype
+    from .pipeline import check_pretrained, load_pipeline, pick_device, sample, sampling_dtype
     from .plots import save_grid
-    src = args.model or (cfg.output_dir if (Path(cfg.output_dir) / "model_index.json").exists() else cfg.model.pretrained)
+    trained = (Path(cfg.output_dir) / "model_index.json").exists()
+    src = args.model or (cfg.output_dir if trained else cfg.model.pretrained)
+    check_pretrained(src, "--model" if args.model else "output_dir" if trained else "model.pretrained")
     device = pick_device(cfg.trainer.device)
     pipe = load_pipeline(src, device=device, dtype=sampling_dtype(device))
     s = cfg.model.sampling
@@ -73,6 +91,16 @@ def cmd_sample(args, cfg):
     print(f"sampled {len(images)} images from {src} into {out}")
 
 
+def check_eval(args):
+    A.count(args.num_samples, "--num-samples", 2)
+    A.count(args.class_samples, "--class-samples", 2)
+    A.seed(args.seed, "--seed", max(args.num_samples, args.class_samples))
+    if args.out is not None:
+        A.writable_file(args.out, "--out")
+    if args.model is not None:
+        A.model(args.model, "--model")
+
+
 def cmd_eval(args, cfg):
     from .evaluate import eval_command
     eval_command(cfg, model=args.model, backend=args.backend, num_samples=args.num_samples,
@@ -84,6 +112,24 @@ def cmd_eval(args, cfg):
         print(f"updated the model card {card}")
 
 
+def check_ablate(args):
+    for option, value, least in (("--steps", args.steps, 1), ("--num-samples", args.num_samples, 2),
+                                 ("--class-samples", args.class_samples, 2), ("--num-reg-images", args.num_reg_images, 1)):
+        if value is not None:
+            A.count(value, option, least)
+    if args.seeds is not None:
+        A.seeds(args.seeds, "--seeds")
+    if args.weights is not None:
+        if not args.weights:
+            raise DBTutorError("--weights: give at least one prior_loss_weight, e.g. --weights 0,0.25,1")
+        for w in args.weights:
+            A.number(w, "--weights")
+    if args.subjects is not None and not args.subjects:
+        raise DBTutorError("--subjects: give at least one subject folder of data/subjects")
+    if args.work is not None:
+        A.writable_file(Path(args.work) / "results.md", "--work")
+
+
 def cmd_ablate(args, cfg):
     from .ablate import ablate
     ablate(cfg, subjects=args.subjects, seeds=args.seeds, weights=args.weights, steps=args.steps, work=args.work,
@@ -92,10 +138,17 @@ def cmd_ablate(args, cfg):
 
 
 def cmd_fix_layout(args, cfg):
+    from .model_check import check_model
     from .pipeline import sd_layout
+    if (Path(args.folder) / "model_index.json").exists():       # the parts it rewrites must be sound first
+        check_model(args.folder, "fix-layout", parts=("text_encoder", "tokenizer"))
     changed = sd_layout(args.folder)
     print(f"{args.folder}: " + (f"{' and '.join(changed)} rewritten in" if changed else "already in")
           + " Stable Diffusion's layout, which every supported transformers reads")
+
+
+def check_export(args):
+    A.writable_file(args.out, "--out")
 
 
 def cmd_export(args, cfg):
@@ -117,6 +170,7 @@ def cmd_push(args, cfg):
         print(f"uploaded {len(res['files'])} files ({total / 1e6:.1f} MB) to {res['url']}")
 
 
+CHECKS = {"sample": check_sample, "eval": check_eval, "ablate": check_ablate, "export": check_export}   # arguments outside the config
 COMMANDS = {"train": cmd_train, "generate-reg": cmd_generate_reg, "cache": cmd_cache, "sample": cmd_sample,
             "eval": cmd_eval, "ablate": cmd_ablate, "fix-layout": cmd_fix_layout, "export": cmd_export,
             "push": cmd_push}
@@ -141,7 +195,7 @@ def launch_commands(args: list[str], gpus: int = 8, machines: int = 2, main_ip: 
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(prog="dbtutor", description="DreamBooth with prior preservation (NeMo's config keys).")
+    ap = _Parser(prog="dbtutor", description="DreamBooth with prior preservation (NeMo's config keys).")
     sub = ap.add_subparsers(dest="command", required=True)
     for name, help_ in [("train", "generate class images if needed, cache latents, train, save the pipeline"),
                         ("generate-reg", "fill model.data.regularization_dir up to num_reg_images"),
@@ -215,8 +269,10 @@ def _quiet(command: str):
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if command in ("train", "generate-reg", "cache", "sample"):
         from diffusers.utils import logging as diffusers_logging
-        diffusers_logging.set_verbosity_error()
-        diffusers_logging.disable_progress_bar()
+        from transformers.utils import logging as transformers_logging
+        for log in (diffusers_logging, transformers_logging):     # also when imported before (in a notebook)
+            log.set_verbosity_error()
+            log.disable_progress_bar()
 
 
 def _say(line: str):
@@ -231,6 +287,8 @@ def main(argv=None):
     if not os.environ.get("DBTUTOR_DEBUG"):
         _quiet(args.command)
     try:
+        if args.command in CHECKS:
+            CHECKS[args.command](args)
         from .config import load_config
         cfg = load_config(args.config, args.overrides) if hasattr(args, "overrides") else None
         COMMANDS[args.command](args, cfg)

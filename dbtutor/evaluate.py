@@ -170,14 +170,14 @@ class Encoders:
         try:
             self.clip = CLIPModel.from_pretrained(str(clip_model), **local).to(self.device).eval()
             self.tokenizer = CLIPTokenizer.from_pretrained(str(clip_model), **local)
-        except OSError as e:
+        except Exception as e:          # not found, offline, or a damaged folder or download
             raise ConfigError(f"cannot load the CLIP model {clip_model} ({type(e).__name__}): pass a local folder "
-                              "of a transformers CLIPModel with --clip-model") from None
+                              "of a complete transformers CLIPModel with --clip-model") from None
         try:
             self.dino = Dinov2Model.from_pretrained(str(dino_model), **local).to(self.device).eval()
-        except OSError as e:
+        except Exception as e:
             raise ConfigError(f"cannot load the DINOv2 model {dino_model} ({type(e).__name__}): pass a local folder "
-                              "of a transformers Dinov2Model with --dino-model") from None
+                              "of a complete transformers Dinov2Model with --dino-model") from None
         self.clip_size = self.clip.config.vision_config.image_size
         self.dino_size = min(224, self.dino.config.image_size)
 
@@ -301,6 +301,8 @@ def eval_command(cfg, model=None, backend: str = "auto", num_samples: int = 4, c
         model = cfg.output_dir
         if not (Path(model) / "model_index.json").exists():
             raise ConfigError(f"output_dir={model} holds no trained pipeline: run `dbtutor train` first, or pass --model")
+        from .pipeline import check_pretrained
+        check_pretrained(model, "output_dir")          # a damaged saved pipeline: one line, before any work
     if backend == "auto":
         backend = "judge" if (Path(d.instance_dir) / "subject.json").exists() else "clip"
     out = Path(out) if out else Path(cfg.output_dir) / "eval.json"

@@ -101,10 +101,13 @@ def write_json(path, obj):
 
 
 def save_image(image, path):
-    """Save a PIL image atomically; the format follows the final file's extension."""
+    """Save a PIL image atomically; the format follows the final file's extension (none: PNG)."""
+    from PIL import Image
     path = Path(path)
+    ext = path.suffix.lower()
+    fmt = (Image.registered_extensions().get(ext) or ext.lstrip(".").upper()) if ext else "PNG"
     with atomic_path(path) as tmp:
-        image.save(tmp, format=(path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"))
+        image.save(tmp, format=fmt)
 
 
 def save_torch(obj, path):

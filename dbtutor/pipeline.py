@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -41,22 +40,11 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def check_pretrained(pretrained: str) -> None:
-    """Fail fast, in one line, if model.pretrained is neither a pipeline folder nor reachable on the Hub."""
-    p = Path(str(pretrained)).expanduser()
-    if p.exists():
-        if not (p / "model_index.json").exists():
-            raise ConfigError(f"model.pretrained={pretrained} is a folder without model_index.json: "
-                              "point it at a diffusers Stable Diffusion pipeline folder")
-        return
-    if str(pretrained).startswith((".", "/", "~")) or os.sep in str(pretrained).strip("/").replace("/", "", 1):
-        raise ConfigError(f"model.pretrained={pretrained}: no such folder")
-    try:
-        from huggingface_hub import hf_hub_download
-        hf_hub_download(str(pretrained), "model_index.json")
-    except Exception as e:
-        raise ConfigError(f"model.pretrained={pretrained} is neither a local folder nor reachable on the Hugging Face "
-                          f"Hub ({type(e).__name__}); use a local pipeline folder such as data/models/toyworld") from None
+def check_pretrained(pretrained, name: str = "model.pretrained") -> Path:
+    """Fail fast, in one line, if model.pretrained is not a sound Stable Diffusion pipeline (a folder, or a hub id's
+    download): see model_check. Returns the local folder to load."""
+    from .model_check import check_model
+    return check_model(pretrained, name)
 
 
 def model_fingerprint(pretrained: str) -> str:
@@ -120,13 +108,13 @@ def _tokenizer_files(tok: Path) -> bool:
     return True
 
 
-def _check_tokenizer(pretrained: str, index: dict) -> None:
+def _check_tokenizer(folder, index: dict, label: str) -> None:
     """transformers 4's CLIPTokenizer cannot read a tokenizer folder saved by transformers 5 (tokenizer.json only)."""
-    tok = Path(str(pretrained)) / "tokenizer"
+    tok = Path(folder) / "tokenizer"
     if int(_version("transformers")[0]) < 5 and index.get("tokenizer", [None])[-1] == "CLIPTokenizer" \
             and (tok / "tokenizer.json").exists() and not all((tok / n).exists() for n in SLOW_TOKENIZER_FILES):
-        raise ConfigError(f"{pretrained}: tokenizer/ holds only tokenizer.json (saved by transformers 5), which "
-                          f"transformers 4's CLIPTokenizer cannot read: run `dbtutor fix-layout {pretrained}` once "
+        raise ConfigError(f"{label}: tokenizer/ holds only tokenizer.json (saved by transformers 5), which "
+                          f"transformers 4's CLIPTokenizer cannot read: run `dbtutor fix-layout {folder}` once "
                           "(or pip install -U 'transformers>=5')")
 
 
@@ -135,21 +123,29 @@ def _version(library: str) -> tuple[int, ...]:
     return Version(importlib.import_module(library).__version__).release
 
 
-def load_checked(pretrained: str, name: str, library: str, class_name: str):
-    """One weight-bearing part of the pipeline; ConfigError if any of its weights is missing, unused or misshapen.
-
-    transformers and diffusers only log such weights (left random) as a warning."""
+def load_checked(folder, name: str, library: str, class_name: str, label: str | None = None, checked: bool = False):
+    """One weight-bearing part of a pipeline folder, checked first (model_check; `checked`: the caller did) and
+    refused (ConfigError) if any of its weights is missing, unused or misshapen: transformers and diffusers only
+    log such weights (left random) as a warning. `label` names the model in messages (default: the folder)."""
+    label = str(label or folder)
+    if not checked:
+        from .model_check import check_model
+        check_model(folder, parts=(name,))
     cls = getattr(importlib.import_module(library), class_name)
     kwargs = {"subfolder": name, "output_loading_info": True}
-    if library == "diffusers" and _version("diffusers") < (0, 33):
-        kwargs["low_cpu_mem_usage"] = False           # before 0.33 only this path reports unused weights
+    sharded = (Path(folder) / name / "diffusion_pytorch_model.safetensors.index.json").exists()
+    if library == "diffusers" and _version("diffusers") < (0, 33) and not sharded:
+        kwargs["low_cpu_mem_usage"] = False           # before 0.33 only this path reports unused weights (and
+                                                      # reads no shards: those have their shapes checked first)
     log = importlib.import_module(f"{library}.utils.logging")
     level = log.get_verbosity()
     log.set_verbosity_error()                         # their multi-line warning about such weights: ours is below
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model, info = cls.from_pretrained(str(pretrained), **kwargs)
+            model, info = cls.from_pretrained(str(folder), **kwargs)
+    except Exception as e:              # what the checks did not foresee: still one line, naming the part
+        raise _unloadable(label, name, e) from None
     finally:
         log.set_verbosity(level)
     missing, unused = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
@@ -161,30 +157,40 @@ def load_checked(pretrained: str, name: str, library: str, class_name: str):
         dict(model.config).get("_diffusers_version")
     if library == "transformers" and missing and set(missing) == {CLIP_TEXT_PREFIX + k for k in unused}:
         todo = (f"it has the key layout of transformers 5, which transformers {here} cannot read: run `dbtutor "
-                f"fix-layout {pretrained}` once (or pip install -U 'transformers>=5')")
+                f"fix-layout {folder}` once (or pip install -U 'transformers>=5')")
     elif saved and saved != here:
         todo = f"it was saved by {library} {saved}: load it with that version (pip install '{library}=={saved}')"
     else:
         todo = f"the file does not fit {class_name}: replace {name}/ with a complete copy of that part"
-    raise ConfigError(f"{pretrained}: {name} would load with random weights ({len(missing)} missing, {len(unused)} in "
+    raise ConfigError(f"{label}: {name} would load with random weights ({len(missing)} missing, {len(unused)} in "
                       f"the file unused, {odd} of the wrong shape, e.g. {(missing + unused + ['?'])[0]}); {todo}")
+
+
+def _unloadable(label: str, name: str, e: Exception) -> ConfigError:
+    text = (str(e).strip().splitlines() or [""])[0][:160]
+    return ConfigError(f"{label}: {name} cannot be loaded ({type(e).__name__}: {text}); replace {name}/ with a "
+                       "complete copy of that part, or download the model again")
 
 
 def load_pipeline(pretrained: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """StableDiffusionPipeline.from_pretrained, every component cast to `dtype` (float32 by default), no safety checker.
 
-    The UNet, VAE and text encoder are loaded first, each refused in one line (ConfigError) if any of its weights
-    would be left random. transformers keeps a text encoder stored in fp16 in fp16; a float32 UNet on a CPU then
-    fails, so we cast."""
+    The folder (or a hub id's download) is checked first, file by file (model_check); then the UNet, VAE and text
+    encoder are loaded, each refused in one line (ConfigError) if any of its weights would be left random.
+    transformers keeps a text encoder stored in fp16 in fp16; a float32 UNet on a CPU then fails, so we cast."""
     from diffusers import StableDiffusionPipeline
-    check_pretrained(pretrained)
-    index = StableDiffusionPipeline.load_config(str(pretrained))
-    _check_tokenizer(pretrained, index)
-    parts = {name: load_checked(pretrained, name, *index[name]) for name in ("unet", "vae", "text_encoder")}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipe = StableDiffusionPipeline.from_pretrained(str(pretrained), safety_checker=None, feature_extractor=None,
-                                                       requires_safety_checker=False, torch_dtype=dtype, **parts)
+    folder = check_pretrained(pretrained)
+    index = StableDiffusionPipeline.load_config(str(folder))
+    _check_tokenizer(folder, index, str(pretrained))
+    parts = {name: load_checked(folder, name, *index[name], label=str(pretrained), checked=True)
+             for name in ("unet", "vae", "text_encoder")}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, feature_extractor=None,
+                                                           requires_safety_checker=False, torch_dtype=dtype, **parts)
+    except Exception as e:              # the tokenizer or the scheduler, past every check: still one line
+        raise _unloadable(str(pretrained), "the tokenizer or scheduler", e) from None
     for name in ("unet", "vae", "text_encoder"):
         module = getattr(pipe, name)
         if next(module.parameters()).dtype != dtype:

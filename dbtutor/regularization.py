@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from .data import list_image_files, load_image
 from .errors import DataError
 from .fileio import fault_point, remove_stale_temps, save_image, write_json
-from .pipeline import load_pipeline, model_fingerprint, sample, sampling_dtype
+from .pipeline import check_pretrained, load_pipeline, model_fingerprint, sample, sampling_dtype
 
 PATTERN = "class_{:05d}.png"
 PROVENANCE = "dbtutor-class-images.json"   # which base model and prompt made this folder's class images
@@ -95,6 +95,8 @@ def generate_regularization(cfg, pipe=None, rank: int = 0, world_size: int = 1, 
     Holds the folder's lock meanwhile (see locks.py); lock=False when the caller holds it for every process."""
     d = cfg.model.data
     folder = Path(d.regularization_dir)
+    if pipe is None:                        # a damaged base model stops here, before the folder is touched
+        check_pretrained(cfg.model.pretrained)
     if lock:
         from .locks import hold
         with hold(folder, "model.data.regularization_dir", cfg.trainer.wait_for_lock):
@@ -104,16 +106,16 @@ def generate_regularization(cfg, pipe=None, rank: int = 0, world_size: int = 1, 
     todo = (missing_indices(folder, d.num_reg_images) if todo is None else todo)[rank::world_size]
     if not todo:
         return []
+    if pipe is None:                        # loaded before anything is written; on a GPU in float16 (inside train()
+        from .pipeline import pick_device   # its float32 pipeline samples under float16 autocast: pipeline.sample)
+        device = pick_device(cfg.trainer.device)
+        pipe = load_pipeline(cfg.model.pretrained, device=device, dtype=sampling_dtype(device))
     folder.mkdir(parents=True, exist_ok=True)
     if rank == 0 and not (folder / PROVENANCE).exists():
         write_json(folder / PROVENANCE, provenance(cfg))
     for j in todo:
         if (folder / PATTERN.format(j)).exists():
             warnings.warn(f"{folder / PATTERN.format(j)} is not a usable image: generating it again", stacklevel=2)
-    if pipe is None:                        # on a GPU in float16 (inside train() its float32 pipeline samples under
-        from .pipeline import pick_device   # float16 autocast there: see pipeline.sample)
-        device = pick_device(cfg.trainer.device)
-        pipe = load_pipeline(cfg.model.pretrained, device=device, dtype=sampling_dtype(device))
     s = cfg.model.sampling
     written = []
     bs = d.num_images_per_prompt

@@ -51,17 +51,22 @@ def load_saved_weights(out, cfg, modules: dict) -> None:
     from .lora import WEIGHT_NAME, load_saved_adapters
     out = Path(out)
     if cfg.model.lora.rank:
-        if not (out / WEIGHT_NAME).exists():
-            raise DataError(f"{out}: {WEIGHT_NAME} is missing, so the LoRA run cannot continue: use another "
-                            "output_dir, or trainer.resume=false to start over")
+        from .weight_files import BadFile, safetensors_header
+        try:
+            safetensors_header(out / WEIGHT_NAME)
+        except BadFile as e:
+            raise DataError(f"{out}: {WEIGHT_NAME} {e.problem}, so the LoRA run cannot continue: use another "
+                            "output_dir, or trainer.resume=false to start over") from None
         for name, module in modules.items():
             load_saved_adapters(module, out, name)
         return
     from diffusers import StableDiffusionPipeline
+    from .model_check import check_model
     from .pipeline import load_checked
-    index = StableDiffusionPipeline.load_config(str(out))
+    folder = check_model(out, "output_dir", parts=tuple(modules))     # one line for a damaged saved pipeline
+    index = StableDiffusionPipeline.load_config(str(folder))
     for name, module in modules.items():
-        module.load_state_dict(load_checked(str(out), name, *index[name]).state_dict())
+        module.load_state_dict(load_checked(folder, name, *index[name], checked=True).state_dict())
 
 
 def _step_of(path: Path | None) -> int:
