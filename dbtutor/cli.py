@@ -72,13 +72,14 @@ def check_sample(args):
 
 
 def cmd_sample(args, cfg):
-    from .pipeline import check_pretrained, load_pipeline, pick_device, sample, sampling_dtype
+    from .pipeline import check_pretrained, is_run, load_trained, pick_device, sample, sampling_dtype
     from .plots import save_grid
-    trained = (Path(cfg.output_dir) / "model_index.json").exists()
+    trained = is_run(cfg.output_dir)
     src = args.model or (cfg.output_dir if trained else cfg.model.pretrained)
-    check_pretrained(src, "--model" if args.model else "output_dir" if trained else "model.pretrained")
+    if (Path(src) / "model_index.json").exists() or not is_run(src):
+        check_pretrained(src, "--model" if args.model else "output_dir" if trained else "model.pretrained")
     device = pick_device(cfg.trainer.device)
-    pipe = load_pipeline(src, device=device, dtype=sampling_dtype(device))
+    pipe = load_trained(src, device=device, dtype=sampling_dtype(device))
     s = cfg.model.sampling
     prompts = args.prompt or [cfg.model.data.instance_prompt]
     images, labels = [], []

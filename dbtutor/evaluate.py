@@ -264,8 +264,8 @@ def evaluate(model, subject_dir, backend: str = "judge", num_samples: int = 4, c
     real = [load_image(p) for p in scan_images(subject_dir, "the subject folder")]
     pipe = model
     if isinstance(model, (str, Path)):
-        from .pipeline import load_pipeline, sampling_dtype
-        pipe = load_pipeline(model, device=device, dtype=sampling_dtype(device))
+        from .pipeline import load_trained, sampling_dtype
+        pipe = load_trained(model, device=device, dtype=sampling_dtype(device))
     samples = generate(pipe, ps, num_samples, class_samples, seed, num_inference_steps, guidance_scale, scheduler)
     metrics, per = score_judge(samples, real, ps, scorer) if backend == "judge" else score_clip(samples, real, ps, scorer)
     if grid is not None:
@@ -298,11 +298,12 @@ def eval_command(cfg, model=None, backend: str = "auto", num_samples: int = 4, c
     from .pipeline import pick_device
     d, s = cfg.model.data, cfg.model.sampling
     if model is None:
+        from .pipeline import check_pretrained, is_run
         model = cfg.output_dir
-        if not (Path(model) / "model_index.json").exists():
+        if not is_run(model):
             raise ConfigError(f"output_dir={model} holds no trained pipeline: run `dbtutor train` first, or pass --model")
-        from .pipeline import check_pretrained
-        check_pretrained(model, "output_dir")          # a damaged saved pipeline: one line, before any work
+        if (Path(model) / "model_index.json").exists():
+            check_pretrained(model, "output_dir")      # a damaged saved pipeline: one line, before any work
     if backend == "auto":
         backend = "judge" if (Path(d.instance_dir) / "subject.json").exists() else "clip"
     out = Path(out) if out else Path(cfg.output_dir) / "eval.json"

@@ -54,8 +54,36 @@ def model_fingerprint(pretrained: str) -> str:
     if not folder.is_dir():
         return str(pretrained)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
-    listing = "\n".join(f"{f.relative_to(folder).as_posix()} {sha256_file(f)}" for f in files)
-    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+    stamp = (str(folder.resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if stamp not in _FINGERPRINTS:              # hashing a 4 GB model takes seconds: once per unchanged folder
+        listing = "\n".join(f"{f.relative_to(folder).as_posix()} {sha256_file(f)}" for f in files)
+        _FINGERPRINTS[stamp] = hashlib.sha256(listing.encode()).hexdigest()[:16]
+    return _FINGERPRINTS[stamp]
+
+
+_FINGERPRINTS: dict = {}
+
+
+def is_run(folder) -> bool:
+    """Whether `folder` holds a trained run: a saved pipeline, or a LoRA run's adapters with its config."""
+    from .lora import WEIGHT_NAME
+    folder = Path(folder)
+    return (folder / "model_index.json").exists() or \
+        ((folder / WEIGHT_NAME).exists() and (folder / "dreambooth.yaml").exists())
+
+
+def load_trained(folder, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """A trained run's model: its saved pipeline, or for a LoRA run saved as adapters alone
+    (model.lora.save_merged=false) its base model (model.pretrained of its dreambooth.yaml) with them merged in."""
+    from .lora import fuse_lora, load_lora
+    folder = Path(folder)
+    if (folder / "model_index.json").exists() or not is_run(folder):
+        return load_pipeline(folder, device=device, dtype=dtype)
+    from omegaconf import OmegaConf
+    base = OmegaConf.load(folder / "dreambooth.yaml").model.pretrained
+    check_pretrained(base, f"{folder}/dreambooth.yaml's model.pretrained")
+    pipe = load_pipeline(base, device=device, dtype=dtype)
+    return fuse_lora(load_lora(pipe, folder))
 
 
 # the top-level modules of a CLIP text model; Stable Diffusion's checkpoints (and transformers 4) keep them under

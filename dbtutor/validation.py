@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,7 +203,15 @@ class Validator:
     def _validate(self, step: int) -> None:
         t0 = time.time()
         prompts, seeds = self.settings["prompts"], self.settings["seeds"]
-        images = self.sample()
+        try:
+            images = self.sample()
+        except torch.cuda.OutOfMemoryError as e:     # samples are worth less than the run: it goes on without them
+            self.every = 0
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            warnings.warn(f"validation stopped at step {step}, the GPU is out of memory ({str(e).splitlines()[0]}): "
+                          "training goes on; set trainer.validation.num_images lower, or every=0", stacklevel=2)
+            return
         self.made.append(step)
         picture = mosaic(images, len(prompts))
         name = f"step_{step:06d}.png"

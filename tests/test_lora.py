@@ -125,3 +125,10 @@ def test_a_lora_run_can_be_saved_as_its_adapters_alone(tiny_config, tmp_path, ca
     again = dbtutor.train(cfg)                                     # found: nothing to train
     assert "nothing to train" in capsys.readouterr().out and not again.saved
     assert np.abs(render(again.pipe) - own).max() < 1e-5
+    from dbtutor.pipeline import load_trained                      # what `dbtutor sample` and `eval` load
+    assert np.abs(render(load_trained(out)) - own).max() < 1e-4
+    from dbtutor.cli import main
+    args = [f"{k}={v}" for k, v in (("model.pretrained", cfg.model.pretrained), ("output_dir", out),
+                                    ("model.data.instance_dir", cfg.model.data.instance_dir))]
+    assert main(["sample", "--num", "1", "--out", str(tmp_path / "s.png"), *args]) == 0
+    assert (tmp_path / "s.png").exists()

@@ -174,3 +174,20 @@ def test_real_photos_are_scored_with_local_clip_and_dino_or_say_once_why_not(tin
     for r in v.records:
         assert set(r["scores"]) == set(v.prompts)
         assert all(-1 <= s["dino"] <= 1 and -1 <= s["clip_i"] <= 1 for s in r["scores"].values())
+
+
+def test_a_gpu_out_of_memory_while_sampling_stops_the_validations_not_the_run(tiny_config, monkeypatch):
+    from dbtutor.validation import Validator, load_validations
+    real = Validator.sample
+    calls = []
+
+    def sample(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self)
+    monkeypatch.setattr(Validator, "sample", sample)
+    with pytest.warns(UserWarning, match="validation stopped at step 2, the GPU is out of memory"):
+        res = dbtutor.train(tiny_config(**{"trainer.validation.every": 2, "trainer.max_steps": 4}))
+    assert [h["step"] for h in res.history] == [1, 2, 3, 4] and len(calls) == 2
+    assert load_validations(res.output_dir).steps == [0]
