@@ -75,6 +75,7 @@ def test_licenses_of_base_models(tmp_path):
     assert hub_id(str(local)) is None
 
 
+@pytest.mark.slow
 def test_eval_puts_its_numbers_on_the_card_of_the_run_it_measured(tiny_config, random_judge, capsys):
     from dbtutor.cli import main
     cfg = tiny_config()
@@ -95,6 +96,7 @@ def test_eval_puts_its_numbers_on_the_card_of_the_run_it_measured(tiny_config, r
     assert refresh_card(out.parent) is None                            # not a run: nothing written
 
 
+@pytest.mark.slow
 def test_push_dry_run_lists_files_offline(tiny_config, monkeypatch, capsys):
     from dbtutor import push as P
     from dbtutor.cli import main

@@ -76,6 +76,7 @@ def test_a_bad_argument_is_one_line_before_any_work(args, words, spots, capsys):
     assert sorted(p.name for p in spots.rglob("*")) == before          # nothing written
 
 
+@pytest.mark.slow
 def test_through_the_real_command_line(tmp_path):
     """The same in a fresh process: no usage block, no traceback."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

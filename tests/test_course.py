@@ -91,6 +91,8 @@ def test_library_noise_is_dropped_and_real_warnings_stay():
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())
     log = logging.getLogger("transformers")
+    level = log.level
+    log.setLevel(logging.WARNING)                   # the CLI tests may have set transformers' verbosity to error
     log.addHandler(handler)
     try:
         course.quiet_libraries()
@@ -99,6 +101,7 @@ def test_library_noise_is_dropped_and_real_warnings_stay():
         log.warning("a real warning")
     finally:
         log.removeHandler(handler)
+        log.setLevel(level)
         dl.enable_progress_bar()
         tl.enable_progress_bar()
     assert seen == ["a real warning"]

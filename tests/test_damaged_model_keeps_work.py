@@ -68,6 +68,7 @@ DAMAGES = {   # a re-download cut off, a hand copy without the tokenizer, an edi
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_a_damaged_base_model_at_resume_keeps_class_images_caches_and_checkpoints(damage, tiny_pipeline_dir,
                                                                                    tmp_path, capsys):
@@ -104,6 +105,7 @@ def test_generate_reg_with_a_damaged_base_model_creates_no_class_folder(tiny_pip
     assert not (tmp_path / "reg").exists()             # no folder and no provenance record of a damaged model
 
 
+@pytest.mark.slow
 def test_a_runs_own_damaged_pipeline_when_extended(tiny_pipeline_dir, tmp_path, capsys):
     """A finished run (no checkpoint kept) extended by a step: its saved UNet is cut. One line saying to train
     again; the class images and caches are kept."""
@@ -121,6 +123,7 @@ def test_a_runs_own_damaged_pipeline_when_extended(tiny_pipeline_dir, tmp_path, 
         {f: h for f, h in before.items() if ".dbtutor.lock" not in f}
 
 
+@pytest.mark.slow
 def test_a_runs_damaged_lora_weights_when_extended(tiny_pipeline_dir, tmp_path, capsys):
     shutil.copytree(tiny_pipeline_dir, tmp_path / "base")
     s = settings(tmp_path, **{"trainer.max_steps": 2, "trainer.checkpoint_every": 0, "model.lora.rank": 2,

@@ -61,6 +61,7 @@ def sd15_run(sd15_dir, tmp_path_factory):
     return make
 
 
+@pytest.mark.slow
 def test_full_run_exports_a_checkpoint_that_diffusers_loads_and_draws_alike(sd15_run, sd15_dir, tmp_path):
     run = sd15_run("full", **{"model.train_text_encoder": True})
     out = tmp_path / "sks_ball.safetensors"
@@ -88,6 +89,7 @@ def test_full_run_exports_a_checkpoint_that_diffusers_loads_and_draws_alike(sd15
     assert np.abs(render(loaded) - own).max() < 0.05                                   # fp16 rounding only
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train_text_encoder", [False, True])
 def test_lora_run_exports_a_kohya_file_that_load_lora_weights_draws_alike(sd15_run, sd15_dir, tmp_path,
                                                                            train_text_encoder):
@@ -112,6 +114,7 @@ def test_lora_run_exports_a_kohya_file_that_load_lora_weights_draws_alike(sd15_r
     assert np.abs(own_images - render(StableDiffusionPipeline.from_pretrained(sd15_dir))).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_sd2_layout_exports_openclip_keys_and_round_trips(tmp_path):
     """SD 2.x: an OpenCLIP text encoder (GELU), written as cond_stage_model.model.* with q, k, v joined."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
@@ -191,6 +194,7 @@ def card_code(run) -> str:
     return re.search(r"## Use it with diffusers\n\n```python\n(.*?)```", text, re.S)[1]
 
 
+@pytest.mark.slow
 def test_what_the_card_says_works_offline(sd15_run, tmp_path):
     """The model card's loading code for a LoRA and a full run, and the from_single_file line it gives for the
     exported file, run with HF_HUB_OFFLINE=1 (diffusers 0.30 refuses load_lora_weights(folder) offline without

@@ -10,6 +10,7 @@ from dbtutor.train import step_generator
 STEPS = 30
 
 
+@pytest.mark.slow
 def test_the_loop_by_hand_gives_trains_loss_at_every_step(tiny_config):
     cfg = tiny_config(**{"trainer.max_steps": STEPS, "trainer.checkpoint_every": 0, "trainer.validation.every": 0})
     reference = dbtutor.train(cfg)                  # also generates the class images and caches the latents

@@ -109,6 +109,7 @@ def test_full_fine_tuning_writes_no_adapters(tiny_config):
     assert not (res.output_dir / WEIGHT_NAME).exists()
 
 
+@pytest.mark.slow
 def test_a_lora_run_can_be_saved_as_its_adapters_alone(tiny_config, tmp_path, capsys):
     """model.lora.save_merged=false: the run folder holds the adapters, history.json and dreambooth.yaml (no merged
     pipeline); the returned pipeline, the base + the adapters, and a rerun that finds the run all draw alike."""

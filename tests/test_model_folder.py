@@ -102,7 +102,7 @@ def as_list(p):
 
 
 def lfs_pointer(p):
-    p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2146\nsize 23737880\n")
+    p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "d" * 64 + "\nsize 23737880\n")
 
 
 def html_page(p):
@@ -372,6 +372,7 @@ def test_a_damaged_saved_run_says_to_train_again(tiny_pipeline_dir, tmp_path, ca
     assert_one_line(rc, lines, "truncated", "saved by `dbtutor train`", "trainer.resume=false")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["toyworld", "sd15-small-fp32", "sd15-small-fp16", "tiny-sharded", "tiny-bin"])
 def test_sound_folders_pass_and_load(layout, sound, tmp_path):
     """No false alarms: the shipped model, SD v1.5's layout in both dtypes, sharded and .bin weights all load."""
@@ -399,7 +400,7 @@ def test_the_check_reads_a_folder_again_only_when_a_file_changed(tiny_pipeline_d
 
 # ---- a hub id: its cached download, laid out as huggingface_hub lays it out -----------------------------------
 
-REPO, COMMIT = "dbtutor-test/tiny-sd", "0123456789abcdef0123456789abcdef01234567"
+REPO, COMMIT = "dbtutor-test/tiny-sd", "f" * 40
 
 
 def fake_hub_cache(hf_home: Path, pipeline: Path) -> Path:
@@ -428,6 +429,7 @@ def run_cli(args, hf_home):
     return r.returncode, [line for line in r.stderr.splitlines() if line.strip()], r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.name == "nt", reason="the fake cache uses symbolic links")
 def test_a_hub_ids_cached_download(tiny_pipeline_dir, tmp_path):
     hf = tmp_path / "hf"

@@ -54,6 +54,7 @@ def overflow_at(monkeypatch, backward: int):
     monkeypatch.setattr(T, "load_pipeline", load)
 
 
+@pytest.mark.slow
 def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backs_off(tiny_config, monkeypatch):
     fp16_as_on_cuda(monkeypatch)
     overflow_at(monkeypatch, 3)
@@ -75,6 +76,7 @@ def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backs_off(tiny_config
     assert state["scaler"]["scale"] == 32768.0
 
 
+@pytest.mark.slow
 def test_a_resumed_fp16_run_goes_on_with_its_loss_scale(tiny_config, monkeypatch, tmp_path):
     fp16_as_on_cuda(monkeypatch)
     overflow_at(monkeypatch, 2)
@@ -90,6 +92,7 @@ def test_a_resumed_fp16_run_goes_on_with_its_loss_scale(tiny_config, monkeypatch
     assert [h["loss"] for h in parts.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_another_precision_in_the_same_process(tiny_config, tmp_path):
     """accelerate refuses a second Accelerator with another precision in one process; train() resets its state."""
     runs = {}
@@ -101,6 +104,7 @@ def test_another_precision_in_the_same_process(tiny_config, tmp_path):
     assert runs["b"] != runs["a"]                                   # and that one did run in bf16
 
 
+@pytest.mark.slow
 def test_after_a_non_finite_loss_the_advice_works_in_the_same_process(tiny_config, monkeypatch, capsys):
     """'use trainer.precision=32': the same output_dir continues from the last good checkpoint in float32."""
     real = T.dreambooth_loss

@@ -29,6 +29,7 @@ def same_weights(a: Path, b: Path, f=UNET) -> bool:
 
 # ---- NaN / inf -------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_config, monkeypatch):
     cfg = tiny_config(**{"trainer.max_steps": 4, "trainer.checkpoint_every": 2})
     real, calls = train_module.dreambooth_loss, []

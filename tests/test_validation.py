@@ -35,6 +35,7 @@ def test_default_prompts_follow_the_instance_and_class_prompts():
     assert validation_prompts(cfg) == ["a photo of sks ball in the sky"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rank", [0, 4])
 def test_validation_leaves_training_exactly_as_it_was(tiny_config, tmp_path, rank):
     """The loss history and the trained weights are the same with validation at every step and without it."""
@@ -88,6 +89,7 @@ def test_sampling_puts_the_modules_back_in_train_mode_and_keeps_the_scheduler(ti
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_the_validations_made_and_appends_to_the_tensorboard_log(tiny_config, tmp_path):
     ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     cfg = tiny_config(**{"trainer.validation.every": 1, "trainer.log_with": "tensorboard"})
@@ -120,6 +122,7 @@ def test_a_resumed_run_keeps_the_validations_made_and_appends_to_the_tensorboard
     assert [e.step for e in share] == v.steps and [e.value for e in share] == v.shares("a photo of a ball")
 
 
+@pytest.mark.slow
 def test_other_validation_settings_on_resume_start_a_new_strip(tiny_config, tmp_path, capsys):
     keep = {"trainer.validation.every": 1, "trainer.keep_checkpoints": True}
     dbtutor.train(tiny_config(**keep, **{"trainer.max_steps": 2}))
@@ -138,6 +141,7 @@ def test_a_missing_tracker_library_is_one_line(tiny_config, monkeypatch):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_real_photos_are_scored_with_local_clip_and_dino_or_say_once_why_not(tiny_config, tmp_path, capsys,
                                                                              monkeypatch):
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, Dinov2Config, Dinov2Model
@@ -176,6 +180,7 @@ def test_real_photos_are_scored_with_local_clip_and_dino_or_say_once_why_not(tin
         assert all(-1 <= s["dino"] <= 1 and -1 <= s["clip_i"] <= 1 for s in r["scores"].values())
 
 
+@pytest.mark.slow
 def test_a_gpu_out_of_memory_while_sampling_stops_the_validations_not_the_run(tiny_config, monkeypatch):
     from dbtutor.validation import Validator, load_validations
     real = Validator.sample

@@ -31,6 +31,7 @@ def runs(tiny_pipeline_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_load_validations_gives_each_steps_images_by_prompt_and_seed(runs):
     v = load_validations(runs["with prior"])
     assert v.steps == [0, 2, 4] and v.class_prompt == "a photo of a ball" and v.instance_prompt == "a photo of sks ball"

@@ -25,6 +25,8 @@ def test_library_progress_bars_are_off_only_inside_a_callback():
     from diffusers.utils import logging as dl
     from transformers.utils import logging as tl
     seen = []
+    dl.enable_progress_bar()                        # as in a fresh kernel (other tests may have switched them off)
+    tl.enable_progress_bar()
     with _quiet_libraries():
         seen.append((dl.is_progress_bar_enabled(), tl.is_progress_bar_enabled()))
     assert seen == [(False, False)] and dl.is_progress_bar_enabled() and tl.is_progress_bar_enabled()
