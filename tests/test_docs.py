@@ -194,3 +194,10 @@ def test_lora_vs_full_writes_what_the_tables_are_made_from(tiny_pipeline_dir, tm
         "--steps 3`" in table
     assert RT.stale("lora_vs_full", res)[0] == ("it was made with --quick (its numbers check the machinery and mean "
                                                 "nothing)")
+
+
+def test_the_gpu_memory_table_is_what_dbtutor_memory_prints():
+    """docs/gpu.md shows `python -m dbtutor.memory`'s table as the code makes it now (estimates change with it)."""
+    from dbtutor.memory import table
+    assert table() in (ROOT / "docs" / "gpu.md").read_text(encoding="utf-8"), \
+        "docs/gpu.md: paste the table `python -m dbtutor.memory` prints"

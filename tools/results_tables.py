@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))                  # this tree's dbtutor, whatever `pip install -e` points at
 RESULTS = ROOT / "docs" / "results"
-FILES = ("README.md", "docs/results.md", "data/models/toyworld/README.md")
+FILES = ("README.md", "docs/results.md", "docs/gpu.md", "data/models/toyworld/README.md")
 BLOCK = re.compile(r"<!-- results: ([\w-]+) -->\n(.*?)<!-- /results -->", re.S)
 
 
@@ -42,6 +42,7 @@ SOURCES = {
     "ablation": Source("dbtutor ablate --weights 0,1", "work/ablation/results.json", 25),
     "quality": Source("python -m dbtutor.toyworld.quality", "work/quality/quality.json", 20),
     "lora_vs_full": Source("python bench/lora_vs_full.py", "work/lora_vs_full/results.json", 7),
+    "course_time": Source("python tools/course_time.py", "work/course_time/course_time.json", 15),
 }
 SHIPPED_MODEL, SHIPPED_JUDGE = "data/models/toyworld", "data/models/toyworld-judge"
 # keys of the config that a result's settings may differ in from the defaults: paths, and what ablate sets per run
@@ -160,8 +161,26 @@ def render_lora(res: dict) -> str:
             + measured(res, "lora_vs_full", res["seconds"]) + "*\n")
 
 
+def render_course_time(res: dict) -> str:
+    """Each notebook's estimated minutes on a T4 under the sd15 profile, from counted work at published prices."""
+    lines = ["| notebook | sampling | training | VAE | loading | total |", "|---|---|---|---|---|---|"]
+    for r in res["notebooks"]:
+        s = r["seconds"]
+        lines.append(f"| `{r['notebook']}` | " + " | ".join(f"{s[k] / 60:.1f}" for k in
+                                                            ("sampling", "training", "VAE", "loading"))
+                     + f" | **{s['total'] / 60:.1f}** |")
+    lines.append(f"| the whole course | | | | | **{res['total_minutes']:.0f}** |")
+    t4 = res["t4_settings"]
+    prices = "; ".join(f"{k} {v['seconds']:.3g} s ({v['basis']})" for k, v in res["prices"].items())
+    p = res.get("provenance", {})
+    return ("\n".join(lines) + f"\n\n*Minutes on a T4, **estimated**: the work each notebook does under the sd15 "
+            f"profile at its defaults (LoRA rank {t4['model.lora.rank']}, as `gpu_settings` picks for a T4 without "
+            f"bitsandbytes) was counted by running it (`python tools/course_time.py`, on {p.get('date', '?')}), then "
+            f"priced: {prices}.*\n")
+
+
 BLOCKS = {"ablation-headline": ("ablation", render_ablation_headline), "ablation": ("ablation", render_ablation),
-          "quality": ("quality", render_quality), "lora_vs_full": ("lora_vs_full", render_lora)}
+          "quality": ("quality", render_quality), "lora_vs_full": ("lora_vs_full", render_lora), "course_time": ("course_time", render_course_time)}
 
 
 def not_measured(name: str) -> str:
@@ -206,6 +225,11 @@ def stale(name: str, res: dict, root: Path = ROOT) -> list[str]:
     for path, key in ((model, "model_fingerprint"), (judge, "judge_fingerprint")):
         if path in (SHIPPED_MODEL, SHIPPED_JUDGE) and key in s and s[key] != model_fingerprint(root / path):
             why.append(f"it was measured on other weights than {path} holds now")
+    if name == "course_time":
+        from dbtutor.course import PROFILES
+        now = {k: str(v) for k, v in PROFILES["sd15"].items()}
+        why += [f"it was counted with the sd15 profile's {k}={s.get(k)!r}, the profile now says {v!r}"
+                for k, v in now.items() if k not in ("pretrained", "subject_dir") and s.get(k) != v]
     if "config" in s:
         now = flat_config(load_config())
         for key in sorted(set(now) | set(s["config"])):
