@@ -70,13 +70,13 @@ def setting(name: str, default):
 
 def quiet_libraries():
     """Silence library noise that tells a learner nothing, at its source: loading progress bars, the advice to
-    install torchvision (the course never needs it) and diffusers' note on casting with .to(). Hub download bars
-    and every other warning still show."""
+    install torchvision (the course never needs it), diffusers' note on casting with .to() and its note that a LoRA
+    file has no text-encoder part. Hub download bars and every other warning still show."""
     from diffusers.utils import logging as dl
     from transformers.utils import logging as tl
     dl.disable_progress_bar()
     tl.disable_progress_bar()
-    noise = re.compile(r"requires torchvision|should be kept in float32: \[\]")
+    noise = re.compile(r"requires torchvision|should be kept in float32: \[\]|No LoRA keys associated to CLIPTextModel")
     for name in ("transformers", "diffusers"):
         log = logging.getLogger(name)
         if not any(getattr(f, "dbtutor", False) for f in log.filters):

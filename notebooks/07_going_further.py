@@ -188,10 +188,9 @@ ours = C.sample_rows(C.ready(lora.pipe), C.prompts, seeds)
 lora.pipe = None
 del pipe
 course.free_memory()
-stock = StableDiffusionPipeline.from_pretrained(str(C.pretrained), torch_dtype=C.dtype, safety_checker=None,
-                                                requires_safety_checker=False)
+stock = StableDiffusionPipeline.from_pretrained(str(C.pretrained), safety_checker=None, requires_safety_checker=False)
 stock.load_lora_weights(lora.output_dir, weight_name=WEIGHT_NAME)   # plain diffusers (weight_name: also offline)
-stock.to(C.device)
+stock.to(C.device, C.dtype)
 theirs = C.sample_rows(stock, C.prompts, seeds)
 del stock
 course.free_memory()
