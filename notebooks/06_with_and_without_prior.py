@@ -137,8 +137,8 @@ from dbtutor.plots import validation_curves, validation_strips
 from dbtutor.validation import load_validations
 
 runs = {"without prior preservation": load_validations(without.output_dir), WITH: load_validations(with_prior.output_dir)}
-validation_strips(runs, prompt=C.class_prompt)
-plt.show()
+save_figure(validation_strips(runs, prompt=C.class_prompt), C.work / "figures" / "drift_over_steps.png")
+display(Image(filename=str(C.work / "figures" / "drift_over_steps.png")))
 
 # %% [markdown]
 # The same validations measured (judge: share of samples showing the subject's look; DINOv2: similarity to the

@@ -5,8 +5,8 @@
     python tools/readme_figures.py --only ablation     # `dbtutor ablate`'s figure (resumes work/ablation: ~30 min fresh)
 
 `comparison` executes notebooks/06_with_and_without_prior.ipynb headlessly (nbclient, as nbmake does), with the
-notebook's own defaults, and copies the figure it saves (work/notebooks/figures/with_and_without_prior.png) to
-docs/images/. `prior` runs `python -m dbtutor.toyworld.quality` and copies its two grids; `ablation` runs (or
+notebook's own defaults, and copies the two figures it saves (figures/with_and_without_prior.png, the side by side,
+and figures/drift_over_steps.png, the class prompt over the training steps) to docs/images/. `prior` runs `python -m dbtutor.toyworld.quality` and copies its two grids; `ablation` runs (or
 resumes) `dbtutor ablate --weights 0,1` (docs/results.md's table) and copies work/ablation/ablation.png. Nothing is drawn here.
 """
 from __future__ import annotations
@@ -33,10 +33,11 @@ def comparison(work: Path) -> Path:
     os.environ["DBTUTOR_NB_WORK"] = str(work)                 # the kernel inherits it
     NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}
                    ).execute()
-    made = work / "figures" / "with_and_without_prior.png"
-    if not made.exists():
-        raise SystemExit(f"{nb_path.name} ran but did not save {made}: has its comparison cell changed?")
-    return _copy(made, "with_and_without_prior.png", width=2700)     # three blocks side by side: keep it wide
+    for name in ("with_and_without_prior.png", "drift_over_steps.png"):
+        if not (work / "figures" / name).exists():
+            raise SystemExit(f"{nb_path.name} ran but did not save {work / 'figures' / name}: has its cell changed?")
+    _copy(work / "figures" / "drift_over_steps.png", "drift_over_steps.png", width=800)
+    return _copy(work / "figures" / "with_and_without_prior.png", "with_and_without_prior.png", width=2700)
 
 
 def prior(work: Path) -> list[Path]:

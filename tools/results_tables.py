@@ -179,8 +179,16 @@ def render_course_time(res: dict) -> str:
             f"priced: {prices}.*\n")
 
 
+def render_course_time_summary(res: dict) -> str:
+    times = ", ".join(f"{r['notebook'][:2]} {r['seconds']['total'] / 60:.0f}" for r in res["notebooks"])
+    return (f"*On a Colab T4 under the sd15 profile, **estimated** (counted, then priced at a T4's published speed: "
+            f"[docs/gpu.md](docs/gpu.md)), minutes per notebook: {times}; the whole course "
+            f"{res['total_minutes']:.0f} min.*\n")
+
+
 BLOCKS = {"ablation-headline": ("ablation", render_ablation_headline), "ablation": ("ablation", render_ablation),
-          "quality": ("quality", render_quality), "lora_vs_full": ("lora_vs_full", render_lora), "course_time": ("course_time", render_course_time)}
+          "quality": ("quality", render_quality), "lora_vs_full": ("lora_vs_full", render_lora), "course_time": ("course_time", render_course_time),
+          "course_time-summary": ("course_time", render_course_time_summary)}
 
 
 def not_measured(name: str) -> str:
