@@ -97,6 +97,7 @@ def test_eval_puts_its_numbers_on_the_card_of_the_run_it_measured(tiny_config, r
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 def test_push_dry_run_lists_files_offline(tiny_config, monkeypatch, capsys):
     from dbtutor import push as P
     from dbtutor.cli import main

@@ -62,6 +62,7 @@ def sd15_run(sd15_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 def test_full_run_exports_a_checkpoint_that_diffusers_loads_and_draws_alike(sd15_run, sd15_dir, tmp_path):
     run = sd15_run("full", **{"model.train_text_encoder": True})
     out = tmp_path / "sks_ball.safetensors"
@@ -90,6 +91,7 @@ def test_full_run_exports_a_checkpoint_that_diffusers_loads_and_draws_alike(sd15
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 @pytest.mark.parametrize("train_text_encoder", [False, True])
 def test_lora_run_exports_a_kohya_file_that_load_lora_weights_draws_alike(sd15_run, sd15_dir, tmp_path,
                                                                            train_text_encoder):
@@ -115,6 +117,7 @@ def test_lora_run_exports_a_kohya_file_that_load_lora_weights_draws_alike(sd15_r
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 def test_sd2_layout_exports_openclip_keys_and_round_trips(tmp_path):
     """SD 2.x: an OpenCLIP text encoder (GELU), written as cond_stage_model.model.* with q, k, v joined."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
@@ -195,6 +198,7 @@ def card_code(run) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 def test_what_the_card_says_works_offline(sd15_run, tmp_path):
     """The model card's loading code for a LoRA and a full run, and the from_single_file line it gives for the
     exported file, run with HF_HUB_OFFLINE=1 (diffusers 0.30 refuses load_lora_weights(folder) offline without

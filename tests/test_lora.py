@@ -31,6 +31,7 @@ def lora_cfg(tiny_config, **kw):
 
 @pytest.mark.parametrize("train_text_encoder", [False, True])
 @pytest.mark.slow
+@pytest.mark.versions
 def test_stock_diffusers_loads_the_adapters(tiny_config, tiny_pipeline_dir, train_text_encoder):
     res = dbtutor.train(lora_cfg(tiny_config, **{"model.train_text_encoder": train_text_encoder}))
     out = res.output_dir
@@ -56,6 +57,7 @@ def test_stock_diffusers_loads_the_adapters(tiny_config, tiny_pipeline_dir, trai
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 def test_lora_checkpoints_hold_only_adapters_and_resume(tiny_config, tmp_path):
     keep = {"trainer.keep_checkpoints": True, "model.train_text_encoder": True}   # adapters in both parts
     whole = dbtutor.train(lora_cfg(tiny_config, output_dir=str(tmp_path / "whole"), **keep))

@@ -430,6 +430,7 @@ def run_cli(args, hf_home):
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 @pytest.mark.skipif(os.name == "nt", reason="the fake cache uses symbolic links")
 def test_a_hub_ids_cached_download(tiny_pipeline_dir, tmp_path):
     hf = tmp_path / "hf"

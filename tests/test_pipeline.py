@@ -71,6 +71,7 @@ def test_a_unet_weight_renamed_is_refused(tiny_pipeline_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 def test_a_folder_saved_by_transformers_5_is_fixed_into_one_every_version_reads(tiny_pipeline_dir, tmp_path, capsys):
     """transformers 5 saves the text encoder's keys without text_model. and the tokenizer as tokenizer.json alone:
     transformers 4 cannot read either and says what to run; after `dbtutor fix-layout` every version loads the

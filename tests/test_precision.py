@@ -55,6 +55,7 @@ def overflow_at(monkeypatch, backward: int):
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backs_off(tiny_config, monkeypatch):
     fp16_as_on_cuda(monkeypatch)
     overflow_at(monkeypatch, 3)
@@ -77,6 +78,7 @@ def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backs_off(tiny_config
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 def test_a_resumed_fp16_run_goes_on_with_its_loss_scale(tiny_config, monkeypatch, tmp_path):
     fp16_as_on_cuda(monkeypatch)
     overflow_at(monkeypatch, 2)
@@ -93,6 +95,7 @@ def test_a_resumed_fp16_run_goes_on_with_its_loss_scale(tiny_config, monkeypatch
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 def test_another_precision_in_the_same_process(tiny_config, tmp_path):
     """accelerate refuses a second Accelerator with another precision in one process; train() resets its state."""
     runs = {}
@@ -105,6 +108,7 @@ def test_another_precision_in_the_same_process(tiny_config, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 def test_after_a_non_finite_loss_the_advice_works_in_the_same_process(tiny_config, monkeypatch, capsys):
     """'use trainer.precision=32': the same output_dir continues from the last good checkpoint in float32."""
     real = T.dreambooth_loss

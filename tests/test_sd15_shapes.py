@@ -42,6 +42,7 @@ def test_the_shipped_clip_tokenizer_gets_sds_77_tokens():
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 def test_the_small_pipeline_has_sds_layout_and_loads(tmp_path):
     """The narrow copy: the same weight names as SD v1.5 (layer for layer where the depth is the same), an 8x VAE,
     and a folder load_pipeline accepts and samples from at 64 px."""

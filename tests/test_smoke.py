@@ -8,6 +8,7 @@ import dbtutor
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 def test_train_chain_api(tiny_config):
     cfg = tiny_config()
     res = dbtutor.train(cfg)

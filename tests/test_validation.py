@@ -90,6 +90,7 @@ def test_sampling_puts_the_modules_back_in_train_mode_and_keeps_the_scheduler(ti
 
 
 @pytest.mark.slow
+@pytest.mark.versions
 def test_a_resumed_run_keeps_the_validations_made_and_appends_to_the_tensorboard_log(tiny_config, tmp_path):
     ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     cfg = tiny_config(**{"trainer.validation.every": 1, "trainer.log_with": "tensorboard"})
