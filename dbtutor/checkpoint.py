@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import threading
 import warnings
 from pathlib import Path
 
@@ -14,7 +12,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from .errors import ConfigError, DataError, DBTutorError, TrainingError
-from .fileio import fault_point, fsync_dir, fsync_tree, load_torch, save_torch, write_json, write_text
+from .fileio import fsync_dir, fsync_tree, load_torch, save_torch, write_json, write_text
+from .hooks import fault_point
 from .pipeline import sd_layout
 
 CKPT = "checkpoints"
@@ -285,28 +284,3 @@ def recover_output(out) -> None:
         shutil.rmtree(new, ignore_errors=True)
         shutil.rmtree(out / PIPELINE_OLD, ignore_errors=True)
     shutil.rmtree(out / ".pipeline.tmp", ignore_errors=True)        # the layout of older versions
-
-
-class DeferredInterrupt:
-    """Ctrl-C (SIGINT) during training: finish the current step, save a checkpoint, then stop.
-
-    Installed for the training loop (main thread only); `requested` turns true on the first Ctrl-C, and the loop
-    saves and raises KeyboardInterrupt at the end of the step. A second Ctrl-C stops at once (the last checkpoint
-    is kept). `restore()` puts the previous handler back."""
-
-    def __init__(self):
-        self.requested, self._installed, self._previous = False, False, None
-        if threading.current_thread() is threading.main_thread() \
-                and signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def restore(self):
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False

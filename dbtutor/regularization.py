@@ -9,7 +9,8 @@ from tqdm.auto import tqdm
 
 from .data import list_image_files, load_image
 from .errors import DataError
-from .fileio import fault_point, remove_stale_temps, save_image, write_json
+from .fileio import remove_stale_temps, save_image, write_json
+from .hooks import fault_point
 from .pipeline import check_pretrained, load_pipeline, model_fingerprint, sample, sampling_dtype
 
 PATTERN = "class_{:05d}.png"
