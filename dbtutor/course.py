@@ -273,7 +273,7 @@ def setup(profile: str | None = None, drive: bool = False, **cell) -> Course:
 
 def model_tag(pretrained) -> str:
     """A short name for a base model that changes when its weights change (a hub id is used as it is)."""
-    from .pipeline import model_fingerprint
+    from .same_run import model_fingerprint
     p = Path(str(pretrained)).expanduser()
     if not p.is_dir():
         return str(pretrained).replace("/", "--")
