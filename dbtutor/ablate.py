@@ -50,7 +50,7 @@ def variant_name(weight: float) -> str:
     return "no_prior" if weight == 0 else f"prior_w{weight:g}"
 
 
-def run_config(cfg, subject: str, weight: float, seed: int, steps: int, work: Path, num_reg_images: int):
+def variant_config(cfg, subject: str, weight: float, seed: int, steps: int, work: Path, num_reg_images: int):
     """The base config with one run's subject, prior setting, seed and folders filled in."""
     from .toyworld.subjects import load_subject
     meta = load_subject(SUBJECTS_DIR / subject)
@@ -129,9 +129,10 @@ def one_run(cfg, ev: dict, judge_dir, keep_models: bool, base: bool = False) -> 
         res = train(cfg)
         pipe, train_s = res.pipe, res.seconds
     d, s = cfg.model.data, cfg.model.sampling
-    r = evaluate(pipe, d.instance_dir, ev["backend"], ev["num_samples"], ev["class_samples"], ev["seed"],
-                 s.num_inference_steps, s.guidance_scale, s.scheduler, d.instance_prompt, d.regularization_prompt,
-                 judge_dir, grid=out / "eval.png")
+    r = evaluate(pipe, d.instance_dir, backend=ev["backend"], num_samples=ev["num_samples"],
+                 class_samples=ev["class_samples"], seed=ev["seed"], num_inference_steps=s.num_inference_steps,
+                 guidance_scale=s.guidance_scale, scheduler=s.scheduler, instance_prompt=d.instance_prompt,
+                 class_prompt=d.regularization_prompt, judge_dir=judge_dir, grid=out / "eval.png")
     r["run"] = record
     r["train_seconds"], r["run_seconds"] = train_s, time.time() - t0
     write_json(path, r)
@@ -231,13 +232,13 @@ def ablate(cfg, subjects=None, seeds=None, weights=None, steps=None, work=None, 
           f"+ the base model, {steps} steps each, into {work}")
     results, done = {}, 0
     for subject in subjects:
-        base_cfg = run_config(cfg, subject, 0.0, 0, steps, work, num_reg_images)
+        base_cfg = variant_config(cfg, subject, 0.0, 0, steps, work, num_reg_images)
         base_cfg.output_dir = str(work / "runs" / subject / "base")
         results[(subject, "base")] = [one_run(base_cfg, ev, judge_dir, keep_models, base=True)]
         done += 1
         for w in weights:
             for seed in seeds:
-                c = run_config(cfg, subject, w, seed, steps, work, num_reg_images)
+                c = variant_config(cfg, subject, w, seed, steps, work, num_reg_images)
                 if w > 0:                               # one class-image set per subject, made with seed 0
                     _regularization(c)
                 r = one_run(c, ev, judge_dir, keep_models)
