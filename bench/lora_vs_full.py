@@ -78,7 +78,7 @@ def child(spec: dict) -> dict:
            "peak_mb": peak_mb, "setup_mb": setup_mb, "threads": torch.get_num_threads(), "steps": spec["steps"]}
     if spec.get("judge"):
         from dbtutor.evaluate import evaluate
-        ev = evaluate(out, cfg.model.data.instance_dir, "judge", num_samples=spec["num_samples"],
+        ev = evaluate(out, cfg.model.data.instance_dir, backend="judge", num_samples=spec["num_samples"],
                       class_samples=spec["class_samples"], judge_dir=spec["judge"])
         row["metrics"] = ev["metrics"]
     return row
@@ -96,7 +96,7 @@ def base_metrics(model, judge, num_samples, class_samples) -> dict:
     from dbtutor import load_config
     from dbtutor.evaluate import evaluate
     d = load_config().model.data
-    return evaluate(model, d.instance_dir, "judge", num_samples=num_samples, class_samples=class_samples,
+    return evaluate(model, d.instance_dir, backend="judge", num_samples=num_samples, class_samples=class_samples,
                     judge_dir=judge)["metrics"]
 
 
@@ -206,7 +206,7 @@ def write_results(out: Path, rows: list[dict], table: str, seconds: float, quick
     from dbtutor import load_config
     from dbtutor.ablate import flat_config
     from dbtutor.fileio import write_json, write_text
-    from dbtutor.pipeline import model_fingerprint
+    from dbtutor.same_run import model_fingerprint
     from dbtutor.provenance import provenance, shown_path, shown_paths
     settings = {"model": shown_path(model), "model_fingerprint": model_fingerprint(model), "quick": quick,
                 "steps": next((r["steps"] for r in rows if "steps" in r), None), "lora_lr": lora_lr,

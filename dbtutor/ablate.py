@@ -4,8 +4,8 @@ a sweep of prior_loss_weight, for every shipped subject and several seeds; evalu
     dbtutor ablate                      # the real one (its table and wall time: docs/results.md)
     dbtutor ablate --quick              # a two-minute end-to-end check of the machinery (its numbers mean nothing)
 
-Resumable: a run whose eval.json exists (made with the same settings and the same base-model weights) is skipped;
-change a setting or retrain the base model and the run refuses to reuse the folder, so use another --work.
+Resumable: a run whose eval.json exists (made with the same training, steps, base-model weights and evaluation) is
+skipped; change a setting or retrain the base model and the run refuses to reuse the folder, so use another --work.
 prior_loss_weight 0 is run as "without prior preservation": with weight 0 the prior half of the batch adds nothing
 to the gradient (dreambooth_loss), so the two are the same training up to random draws, and "without" costs half
 the compute.
@@ -24,15 +24,20 @@ from .config import ROOT, validate
 from .errors import ConfigError, DataError
 from .evaluate import DEFAULT_JUDGE, EVAL_SEED, METRICS, evaluate
 from .fileio import write_json, write_text
-from .pipeline import model_fingerprint
 from .provenance import provenance, shown_path, shown_paths
+from .same_run import changed_keys, model_fingerprint, training_config
 
 SUBJECTS_DIR = ROOT / "data" / "subjects"
 DEFAULTS = {"seeds": [0, 1, 2], "weights": [0.0, 0.25, 1.0], "num_samples": 4, "class_samples": 32}
 QUICK = {"subjects": ["twotone_ball"], "seeds": [0], "weights": [0.0, 1.0], "steps": 30, "num_samples": 2,
          "class_samples": 4, "num_reg_images": 8}
-IGNORED = ("trainer.progress", "trainer.checkpoint_every", "trainer.resume", "trainer.keep_checkpoints",
-           "trainer.wait_for_lock", "trainer.device", "model.data.num_workers")
+# what a result records of its config (eval.json's run, results.json's settings): all but how the run was driven
+NOT_RECORDED = ("trainer.progress", "trainer.checkpoint_every", "trainer.resume", "trainer.keep_checkpoints",
+                "trainer.wait_for_lock", "trainer.device", "model.data.num_workers")
+# what a finished variant's result depends on besides its training (same_run.training_config): its length, the base
+# model's weights (its path may change) and the sampler the evaluation uses
+RESULT_KEYS = ("trainer.max_steps", "model.pretrained (weights)", "model.sampling.scheduler",
+               "model.sampling.num_inference_steps", "model.sampling.guidance_scale")
 SHOWN = ("bind_attr", "bind_scene", "subject_attr", "subject_sim", "prompt_attr", "pres_attr", "class_colors", "pres",
          "div", "div_class")
 
@@ -45,7 +50,7 @@ def variant_name(weight: float) -> str:
     return "no_prior" if weight == 0 else f"prior_w{weight:g}"
 
 
-def run_config(cfg, subject: str, weight: float, seed: int, steps: int, work: Path, num_reg_images: int):
+def variant_config(cfg, subject: str, weight: float, seed: int, steps: int, work: Path, num_reg_images: int):
     """The base config with one run's subject, prior setting, seed and folders filled in."""
     from .toyworld.subjects import load_subject
     meta = load_subject(SUBJECTS_DIR / subject)
@@ -68,7 +73,7 @@ def run_config(cfg, subject: str, weight: float, seed: int, steps: int, work: Pa
 
 
 def flat_config(cfg) -> dict:
-    """{dotted key: value} of the settings that make a run (IGNORED left out)."""
+    """{dotted key: value} of the config as a result records it (NOT_RECORDED left out)."""
     flat = {}
 
     def walk(node, prefix=""):
@@ -76,26 +81,35 @@ def flat_config(cfg) -> dict:
             key = prefix + k
             if isinstance(v, dict):
                 walk(v, key + ".")
-            elif key not in IGNORED:
+            elif key not in NOT_RECORDED:
                 flat[key] = v
     walk(OmegaConf.to_container(cfg, resolve=True))
     return flat
 
 
-def fingerprint(cfg, eval_settings: dict) -> dict:
+def run_record(cfg, eval_settings: dict) -> dict:
+    """What eval.json keeps of the run it measured: the config (with the base model's weights) and the evaluation."""
     return {"config": {"model.pretrained (weights)": model_fingerprint(cfg.model.pretrained), **flat_config(cfg)},
             "eval": eval_settings}
 
 
-def check_same(path: Path, fp: dict) -> dict:
-    """The saved result, if it was made with the same settings; else a ConfigError naming the first difference."""
+def _compared(config: dict) -> dict:
+    """The keys of a recorded config that decide reuse: the training (same_run) and RESULT_KEYS."""
+    return {**training_config(config), **{k: config.get(k) for k in RESULT_KEYS}}
+
+
+def check_same(path: Path, record: dict) -> dict:
+    """The saved result, if it was made with the same training (same_run.training_config), the same RESULT_KEYS and
+    the same evaluation settings; else a ConfigError naming the first difference."""
     saved = json.loads(path.read_text())
-    for part in ("config", "eval"):
-        a, b = saved.get("run", {}).get(part, {}), fp[part]
+    a, b = saved.get("run", {}).get("config", {}), record["config"]
+    diff = changed_keys(_compared(a), _compared(b))
+    if not diff:
+        a, b = saved.get("run", {}).get("eval", {}), record["eval"]
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        if diff:
-            raise ConfigError(f"{path} was made with {diff[0]}={a.get(diff[0])!r}, now {b.get(diff[0])!r}: "
-                              "use another --work folder, or delete that run to redo it")
+    if diff:
+        raise ConfigError(f"{path} was made with {diff[0]}={a.get(diff[0])!r}, now {b.get(diff[0])!r}: "
+                          "use another --work folder, or delete that run to redo it")
     return saved
 
 
@@ -103,9 +117,9 @@ def one_run(cfg, ev: dict, judge_dir, keep_models: bool, base: bool = False) -> 
     """Train (unless `base`: the untrained model), evaluate, write eval.json; skipped if it exists."""
     out = Path(cfg.output_dir)
     path = out / "eval.json"
-    fp = fingerprint(cfg, ev)
+    record = run_record(cfg, ev)
     if path.exists():
-        return check_same(path, fp)
+        return check_same(path, record)
     t0 = time.time()
     if base:
         from .pipeline import load_pipeline
@@ -115,10 +129,11 @@ def one_run(cfg, ev: dict, judge_dir, keep_models: bool, base: bool = False) -> 
         res = train(cfg)
         pipe, train_s = res.pipe, res.seconds
     d, s = cfg.model.data, cfg.model.sampling
-    r = evaluate(pipe, d.instance_dir, ev["backend"], ev["num_samples"], ev["class_samples"], ev["seed"],
-                 s.num_inference_steps, s.guidance_scale, s.scheduler, d.instance_prompt, d.regularization_prompt,
-                 judge_dir, grid=out / "eval.png")
-    r["run"] = fp
+    r = evaluate(pipe, d.instance_dir, backend=ev["backend"], num_samples=ev["num_samples"],
+                 class_samples=ev["class_samples"], seed=ev["seed"], num_inference_steps=s.num_inference_steps,
+                 guidance_scale=s.guidance_scale, scheduler=s.scheduler, instance_prompt=d.instance_prompt,
+                 class_prompt=d.regularization_prompt, judge_dir=judge_dir, grid=out / "eval.png")
+    r["run"] = record
     r["train_seconds"], r["run_seconds"] = train_s, time.time() - t0
     write_json(path, r)
     if not keep_models and not base:       # a full pipeline per run adds up; the samples grid stays
@@ -217,13 +232,13 @@ def ablate(cfg, subjects=None, seeds=None, weights=None, steps=None, work=None, 
           f"+ the base model, {steps} steps each, into {work}")
     results, done = {}, 0
     for subject in subjects:
-        base_cfg = run_config(cfg, subject, 0.0, 0, steps, work, num_reg_images)
+        base_cfg = variant_config(cfg, subject, 0.0, 0, steps, work, num_reg_images)
         base_cfg.output_dir = str(work / "runs" / subject / "base")
         results[(subject, "base")] = [one_run(base_cfg, ev, judge_dir, keep_models, base=True)]
         done += 1
         for w in weights:
             for seed in seeds:
-                c = run_config(cfg, subject, w, seed, steps, work, num_reg_images)
+                c = variant_config(cfg, subject, w, seed, steps, work, num_reg_images)
                 if w > 0:                               # one class-image set per subject, made with seed 0
                     _regularization(c)
                 r = one_run(c, ev, judge_dir, keep_models)

@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import threading
 import warnings
 from pathlib import Path
 
@@ -14,43 +12,13 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from .errors import ConfigError, DataError, DBTutorError, TrainingError
-from .fileio import fault_point, fsync_dir, fsync_tree, load_torch, save_torch, write_json, write_text
+from .fileio import fsync_dir, fsync_tree, load_torch, save_torch, write_json, write_text
+from .hooks import fault_point
 from .pipeline import sd_layout
+from .same_run import changed_keys, training_config
 
 CKPT = "checkpoints"
 KEEP = 2
-# keys that may change between a run and its resumption (how it computes, not what it trains: e.g. a run stopped by a
-# non-finite loss in fp16 continues from its last checkpoint with trainer.precision=32)
-RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.progress", "trainer.checkpoint_every", "trainer.resume",
-                     "trainer.keep_checkpoints", "trainer.wait_for_lock", "trainer.device", "model.data.num_workers",
-                     "output_dir", "model.pretrained", "model.data.instance_dir", "model.data.regularization_dir",
-                     "model.data.cached_instance_dir", "model.data.cached_reg_dir", "model.compile",
-                     "model.channels_last", "model.gradient_checkpointing", "model.attention", "model.sampling",
-                     "model.lora.save_merged", "trainer.precision", "trainer.validation", "trainer.log_with"}
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if key in RESUMABLE_CHANGES:
-            continue
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def fingerprint(cfg) -> dict:
-    """The config keys that define the training trajectory."""
-    return _flat(OmegaConf.to_container(cfg, resolve=True))
-
-
-def changed_keys(saved: dict, now: dict) -> list[str]:
-    """The keys whose values differ between two fingerprints. A key missing from the saved one (added to dbtutor
-    after that run was saved) counts as its default value."""
-    from .config import defaults
-    was = {k: OmegaConf.select(defaults(), k, default=None) for k in set(now) - set(saved)}
-    was.update(saved)
-    return sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
 
 
 def step_dir(out: Path, step: int) -> Path:
@@ -93,7 +61,7 @@ def save(out, cfg, modules: dict, optimizer, lr_sched, step: int, history: list[
     if scaler is not None:
         state["scaler"] = scaler.state_dict()      # numbers only: loads with weights_only=True
     save_torch(state, tmp / "optimizer.pt")
-    write_json(tmp / "state.json", {"step": step, "history": history, "config": fingerprint(cfg),
+    write_json(tmp / "state.json", {"step": step, "history": history, "config": training_config(cfg),
                                     "world_size": world_size})
     fsync_tree(tmp)
     if final.exists():                               # the same step again (a finished run rerun): swap
@@ -137,7 +105,7 @@ def latest(out, cfg, world_size: int = 1) -> Path | None:
                           f"(trainer.batch_size x processes) would change; launch {was} process(es), use another "
                           "output_dir, or trainer.resume=false to start over")
     saved = state["config"]
-    now = fingerprint(cfg)
+    now = training_config(cfg)
     diff = changed_keys(saved, now)
     if diff:
         raise ConfigError(f"{dirs[-1]} was trained with another config ({diff[0]}: {saved.get(diff[0])!r} there, "
@@ -285,28 +253,3 @@ def recover_output(out) -> None:
         shutil.rmtree(new, ignore_errors=True)
         shutil.rmtree(out / PIPELINE_OLD, ignore_errors=True)
     shutil.rmtree(out / ".pipeline.tmp", ignore_errors=True)        # the layout of older versions
-
-
-class DeferredInterrupt:
-    """Ctrl-C (SIGINT) during training: finish the current step, save a checkpoint, then stop.
-
-    Installed for the training loop (main thread only); `requested` turns true on the first Ctrl-C, and the loop
-    saves and raises KeyboardInterrupt at the end of the step. A second Ctrl-C stops at once (the last checkpoint
-    is kept). `restore()` puts the previous handler back."""
-
-    def __init__(self):
-        self.requested, self._installed, self._previous = False, False, None
-        if threading.current_thread() is threading.main_thread() \
-                and signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def restore(self):
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -86,6 +87,22 @@ def quiet_libraries():
             log.addFilter(f)
             for h in log.handlers:
                 h.addFilter(f)
+
+
+@contextmanager
+def no_progress_bars():
+    """diffusers' and transformers' own progress bars off inside the `with`, back on after (those that were on);
+    quiet_libraries switches them off for good."""
+    from diffusers.utils import logging as dl
+    from transformers.utils import logging as tl
+    on = [m for m in (dl, tl) if m.is_progress_bar_enabled()]
+    for m in on:
+        m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m in on:
+            m.enable_progress_bar()
 
 
 class Course:
@@ -273,7 +290,7 @@ def setup(profile: str | None = None, drive: bool = False, **cell) -> Course:
 
 def model_tag(pretrained) -> str:
     """A short name for a base model that changes when its weights change (a hub id is used as it is)."""
-    from .pipeline import model_fingerprint
+    from .same_run import model_fingerprint
     p = Path(str(pretrained)).expanduser()
     if not p.is_dir():
         return str(pretrained).replace("/", "--")

@@ -243,13 +243,13 @@ def generate(pipe, ps: PromptSet, num_samples: int = 4, class_samples: int = 32,
     return out
 
 
-def evaluate(model, subject_dir, backend: str = "judge", num_samples: int = 4, class_samples: int = 32,
+def evaluate(model, subject_dir, *, backend: str = "judge", num_samples: int = 4, class_samples: int = 32,
              seed: int = EVAL_SEED, num_inference_steps: int = 20, guidance_scale: float = 5.0, scheduler: str = "dpm",
              instance_prompt: str | None = None, class_prompt: str | None = None, judge_dir=DEFAULT_JUDGE,
              clip_model: str = CLIP_MODEL, dino_model: str = DINO_MODEL, device="cpu", grid=None) -> dict:
     """Sample the prompt set from `model` (a pipeline folder or a loaded pipeline) and score it against the real
     images in `subject_dir`. Returns {'metrics', 'per_prompt', 'settings', 'seconds'}; `grid`: also save the
-    samples as an image grid there (one row per prompt)."""
+    samples as an image grid there (one row per prompt). Every setting after `subject_dir` is given by name."""
     from .data import load_image, scan_images
     t0 = time.time()
     if backend not in ("judge", "clip"):
@@ -307,10 +307,11 @@ def eval_command(cfg, model=None, backend: str = "auto", num_samples: int = 4, c
     if backend == "auto":
         backend = "judge" if (Path(d.instance_dir) / "subject.json").exists() else "clip"
     out = Path(out) if out else Path(cfg.output_dir) / "eval.json"
-    res = evaluate(model, d.instance_dir, backend, num_samples, class_samples, seed, s.num_inference_steps,
-                   s.guidance_scale, s.scheduler, d.instance_prompt, d.regularization_prompt,
-                   judge_dir or DEFAULT_JUDGE, clip_model, dino_model, pick_device(cfg.trainer.device),
-                   grid=out.with_suffix(".png"))
+    res = evaluate(model, d.instance_dir, backend=backend, num_samples=num_samples, class_samples=class_samples,
+                   seed=seed, num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+                   scheduler=s.scheduler, instance_prompt=d.instance_prompt, class_prompt=d.regularization_prompt,
+                   judge_dir=judge_dir or DEFAULT_JUDGE, clip_model=clip_model, dino_model=dino_model,
+                   device=pick_device(cfg.trainer.device), grid=out.with_suffix(".png"))
     print(f"{model} on {d.instance_dir} ({backend}, {num_samples} samples per prompt, "
           f"{class_samples} of '{d.regularization_prompt}', {res['seconds']:.0f} s)")
     print(format_table(res["metrics"]))

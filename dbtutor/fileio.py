@@ -5,12 +5,13 @@ import hashlib
 import json
 import os
 import re
-import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from .hooks import fault_point
 
 # temp files are hidden (so image counts ignore them) and carry the writer's pid (so leftovers of a killed
 # process can be told apart from the live temp files of another process writing into the same folder)
@@ -127,26 +128,3 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-# --- test hook -----------------------------------------------------------------------------------------------
-FAULT_ENV = "DBTUTOR_FAULT"
-_fault_hits: dict[str, int] = {}
-
-
-def fault_point(name: str) -> None:
-    """TEST HOOK, inert unless the environment sets DBTUTOR_FAULT=<name>:<n>[:INT].
-
-    The n-th time this process passes the named point it sends itself SIGKILL (or SIGINT with ':INT'), so that
-    tests/test_fault_injection.py can stop a real run at an exact place. Points: atomic (a temp file is written,
-    not yet renamed), reg (a class image saved), cache (a latent entry saved), ckpt (a checkpoint half written),
-    pipeline (the output pipeline written, then after each part swapped in), step (a training step done)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    point, n, *how = spec.split(":")
-    if point != name:
-        return
-    _fault_hits[name] = _fault_hits.get(name, 0) + 1
-    if _fault_hits[name] == int(n):
-        os.kill(os.getpid(), signal.SIGINT if how == ["INT"] else getattr(signal, "SIGKILL", signal.SIGTERM))

@@ -19,7 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .data import load_image, preprocess
-from .fileio import atomic_path, fault_point, remove_stale_temps, sha256_file, write_json
+from .fileio import atomic_path, remove_stale_temps, sha256_file, write_json
+from .hooks import fault_point
 
 MANIFEST = "manifest.json"
 VERSION = 2                 # 2: entries carry their key and digest; the crop is taken before resizing
@@ -151,8 +152,9 @@ class LatentSource:
             self.dataset = DreamBoothDataset(paths[0].parent, "", d.resolution, d.center_crop, seed=cfg.trainer.seed)
             self.dataset.instance_paths = paths
 
-    def __call__(self, idx: torch.Tensor, eps: torch.Tensor, crop_seed=None) -> torch.Tensor:
-        """Scaled latents mean + std * eps for images idx (modulo the image count).
+    def __call__(self, idx: torch.Tensor, vae_noise: torch.Tensor, crop_seed=None) -> torch.Tensor:
+        """Scaled latents mean + std * vae_noise for images idx (modulo the image count): one sample of each
+        image's latent distribution, its standard normal noise given (the training step draws it).
 
         Uncached random crops are drawn from `crop_seed`, so a resumed run crops as an unbroken one does."""
         idx = idx % self.n
@@ -167,4 +169,4 @@ class LatentSource:
             with torch.no_grad():
                 post = self.vae.encode(px.to(self.vae.device, self.vae.dtype)).latent_dist
             mean, logvar = post.mean.float(), post.logvar.float()   # a VAE in half precision (GPU) encodes in it
-        return (mean + torch.exp(0.5 * logvar) * eps.to(mean.device, mean.dtype)) * self.vae.config.scaling_factor
+        return (mean + torch.exp(0.5 * logvar) * vae_noise.to(mean.device, mean.dtype)) * self.vae.config.scaling_factor

@@ -1,7 +1,6 @@
 """Load a Stable Diffusion pipeline (local folder or hub id) in float32, every weight checked, and sample from it."""
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import warnings
@@ -10,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .fileio import atomic_path, sha256_file
+from .fileio import atomic_path
 
 SCHEDULERS = {"dpm": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
               "euler": "EulerDiscreteScheduler"}
@@ -45,23 +44,6 @@ def check_pretrained(pretrained, name: str = "model.pretrained") -> Path:
     download): see model_check. Returns the local folder to load."""
     from .model_check import check_model
     return check_model(pretrained, name)
-
-
-def model_fingerprint(pretrained: str) -> str:
-    """A local pipeline folder: sha256 of its weight and config files, so a retrained model at the same path is
-    noticed (as the latent cache notices a new VAE). A hub id stands for itself."""
-    folder = Path(pretrained)
-    if not folder.is_dir():
-        return str(pretrained)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
-    stamp = (str(folder.resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-    if stamp not in _FINGERPRINTS:              # hashing a 4 GB model takes seconds: once per unchanged folder
-        listing = "\n".join(f"{f.relative_to(folder).as_posix()} {sha256_file(f)}" for f in files)
-        _FINGERPRINTS[stamp] = hashlib.sha256(listing.encode()).hexdigest()[:16]
-    return _FINGERPRINTS[stamp]
-
-
-_FINGERPRINTS: dict = {}
 
 
 def is_run(folder) -> bool:

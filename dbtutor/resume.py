@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from . import checkpoint as ckpt
 from .errors import ConfigError, DataError
+from .same_run import changed_keys, training_config
 
 RUN_FILES = ("history.json", "dreambooth.yaml")   # with model_index.json (a pipeline) or LoRA adapters: a saved run
 
@@ -37,8 +38,8 @@ def saved_run(out, cfg) -> tuple[int, list[dict]] | None:
     except Exception as e:
         raise DataError(f"{out}: history.json or dreambooth.yaml cannot be read ({type(e).__name__}): use another "
                         "output_dir, or trainer.resume=false to start over") from None
-    was, now = ckpt.fingerprint(saved), ckpt.fingerprint(cfg)
-    diff = ckpt.changed_keys(was, now)
+    was, now = training_config(saved), training_config(cfg)
+    diff = changed_keys(was, now)
     if diff:
         raise ConfigError(f"{out} holds a pipeline trained with another config ({diff[0]}: {was.get(diff[0])!r} there, "
                           f"{now.get(diff[0])!r} now): use another output_dir, or trainer.resume=false to start over")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,20 +11,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
 from .config import cached_dirs
 from .data import scan_images
 from .errors import TrainingError
-from .fileio import fault_point, write_json
-from .latent_cache import LatentSource
+from .hooks import RunHooks
+from .latent_cache import LatentSource, latent_shape as vae_latent_shape
 from .locks import hold
 from .pipeline import check_pretrained, load_pipeline, pick_device
 from .precision import (check_precision, half_frozen, loss_scale, make_accelerator, make_optimizer, restore_frozen,
                         scaler_record)
 from .regularization import generate_regularization, missing_indices
 from .resume import start_point
-
-RANK_LOG = "DBTUTOR_RANK_LOG"   # a folder: each process writes rank_<r>.json (what it generated, encoded, drew)
+from .run_checkpoints import RunCheckpoints
 
 
 def dreambooth_loss(model_pred, target, with_prior_preservation=True, prior_loss_weight=1.0):
@@ -139,6 +136,37 @@ def _sources(cfg, pipe, instance_paths, accelerator, show) -> tuple[list, list[s
     return sources, prompts, reg_written
 
 
+def draw_batch(sources, seed: int, step: int, rank: int, world: int, B: int, latent_shape, num_timesteps: int,
+               device):
+    """This process's slice of step `step`'s global batch (B images per source from each of `world` processes), all
+    drawn from step_generator(seed, step): per source the image indices, the VAE's sampling noise (a latent sample
+    per image), the diffusion noise and the timesteps. Returns (z, noise, t, embeds_idx, picked): the latents, noise
+    and timesteps of the slice (on `device`), the prompt of each row, and per source the image indices used."""
+    g = step_generator(seed, step)
+    mine = slice(rank * B, (rank + 1) * B)
+    zs, noises, ts, embeds_idx, picked = [], [], [], [], []
+    for k, src in enumerate(sources):
+        idx = torch.randint(0, 2 ** 31 - 1, (B * world,), generator=g)[mine]
+        vae_noise = torch.randn((B * world, *latent_shape), generator=g)[mine]
+        noises.append(torch.randn((B * world, *latent_shape), generator=g)[mine])
+        ts.append(torch.randint(0, num_timesteps, (B * world,), generator=g)[mine])
+        zs.append(src(idx, vae_noise, crop_seed=(seed, step, k)))
+        embeds_idx += [k] * B
+        picked.append((idx % src.n).tolist())
+    return torch.cat(zs).to(device), torch.cat(noises).to(device), torch.cat(ts).to(device), embeds_idx, picked
+
+
+def global_losses(accelerator, loss, instance_loss, prior_loss, step: int, out: Path) -> torch.Tensor:
+    """The three losses averaged over processes: the losses of the global batch, which every process sees (and a
+    NaN) alike. A loss that is not finite came from the forward pass, which no loss scale changes: stop. (With fp16
+    the loss can be finite and its scaled gradients overflow: the scaler skips that step, see precision.py.)"""
+    logged = accelerator.reduce(torch.stack([loss, instance_loss, prior_loss]).detach().float(), "mean")
+    if not torch.isfinite(logged[0]):
+        raise TrainingError(f"loss is {logged[0].item()} at step {step}: lower optim.lr or use "
+                            f"trainer.precision=32; the last good checkpoint in {out / 'checkpoints'} is kept")
+    return logged
+
+
 def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainResult:
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -154,9 +182,10 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
     text_encoder.requires_grad_(bool(m.train_text_encoder))
     unet.requires_grad_(True)
     sources, prompts, reg_written = _sources(cfg, pipe, instance_paths, accelerator, show)
+    hooks = RunHooks(rank, world, reg_written, sources)
 
-    f = 2 ** (len(vae.config.block_out_channels) - 1)
-    latent_shape = (vae.config.latent_channels, d.resolution // f, d.resolution // f)
+    latent_shape = vae_latent_shape(vae, d.resolution)
+    num_timesteps = noise_scheduler.config.num_train_timesteps
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids.to(device)
     if not m.train_text_encoder:                # frozen: embed the (two) prompts once, not every step
@@ -181,31 +210,19 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
     optimizer = accelerator.prepare(optimizer)
     if m.compile:
         unet_p = torch.compile(unet_p)
-    B = tr.batch_size
-    last_saved = start
-    drawn = []                                  # per step, the image indices this process used (for RANK_LOG)
     from .validation import Validator
     validator = Validator(cfg, pipe, accelerator, start, begin.finished)   # samples along the way, trackers
     validator(start)                            # step 0: the base model (resumed: done already, kept)
     bar = tqdm(range(start, tr.max_steps), initial=start, total=tr.max_steps, desc="train", disable=not show,
                mininterval=1)
-    stop = ckpt.DeferredInterrupt()            # Ctrl-C: finish the step, save it, stop (see checkpoint.py)
+    saves = RunCheckpoints(cfg, accelerator, modules, optimizer, lr_sched, history, begin)   # and Ctrl-C
     try:
         for step in bar:
             if not unet.training:             # a callback may have sampled in eval mode (.train() costs ~1 ms)
                 unet_p.train()
-            g = step_generator(tr.seed, step)
-            zs, noises, ts, embeds_idx = [], [], [], []
-            for k, src in enumerate(sources):   # draw the global batch, keep this rank's slice of it
-                mine = slice(rank * B, (rank + 1) * B)
-                idx = torch.randint(0, 2 ** 31 - 1, (B * world,), generator=g)[mine]
-                eps = torch.randn((B * world, *latent_shape), generator=g)[mine]
-                noises.append(torch.randn((B * world, *latent_shape), generator=g)[mine])
-                ts.append(torch.randint(0, noise_scheduler.config.num_train_timesteps, (B * world,), generator=g)[mine])
-                zs.append(src(idx, eps, crop_seed=(tr.seed, step, k)))
-                embeds_idx += [k] * B
-                drawn.append([step, k, (idx % src.n).tolist()])
-            z, noise, t = torch.cat(zs).to(device), torch.cat(noises).to(device), torch.cat(ts).to(device)
+            z, noise, t, embeds_idx, picked = draw_batch(sources, tr.seed, step, rank, world, tr.batch_size,
+                                                         latent_shape, num_timesteps, device)
+            hooks.drew(step, picked)
             noisy = noise_scheduler.add_noise(z, noise, t)
             with accelerator.autocast():
                 enc = te_p(ids)[0] if m.train_text_encoder else fixed_embeds
@@ -214,13 +231,7 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
             target = noise if noise_scheduler.config.prediction_type == "epsilon" \
                 else noise_scheduler.get_velocity(z, noise, t)
             loss, inst_loss, prior_loss = dreambooth_loss(pred, target, prior, m.prior_loss_weight)
-            # the mean over processes = the loss of the global batch; every process sees it (and a NaN) alike. A
-            # loss that is not finite came from the forward pass, which no loss scale changes: stop. (With fp16 the
-            # loss can be finite and its scaled gradients overflow: the scaler skips that step, see precision.py.)
-            logged = accelerator.reduce(torch.stack([loss, inst_loss, prior_loss]).detach().float(), "mean")
-            if not torch.isfinite(logged[0]):
-                raise TrainingError(f"loss is {logged[0].item()} at step {step}: lower optim.lr or use "
-                                    f"trainer.precision=32; the last good checkpoint in {out / 'checkpoints'} is kept")
+            logged = global_losses(accelerator, loss, inst_loss, prior_loss, step, out)
             scale = loss_scale(accelerator)     # None unless fp16 on CUDA
             accelerator.backward(loss)
             if cfg.optim.max_grad_norm:
@@ -236,48 +247,33 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
             validator.step(rec)                 # log to trackers; validate every trainer.validation.every steps
             if callback:
                 callback(rec)
-            if tr.checkpoint_every and (step + 1) % tr.checkpoint_every == 0 and step + 1 < tr.max_steps:
-                _save(accelerator, out, cfg, modules, optimizer, lr_sched, step + 1, history)
-                last_saved = step + 1
-            fault_point("step")
-            if stop.requested:                  # no barrier here: the other processes may be gone already
-                if step + 1 > last_saved and accelerator.is_main_process:
-                    ckpt.save(out, cfg, modules, optimizer, lr_sched, step + 1, history, world, accelerator.scaler)
-                raise KeyboardInterrupt
+            saves.maybe_save(step + 1)
+            hooks.step_done()
+            saves.on_interrupt(step + 1)
     finally:                                    # a second Ctrl-C stops at once, keeping the last checkpoint
-        stop.restore()
+        saves.close()
         validator.close()                       # the trackers' files complete, also when training stopped
     bar.close()
+    _finish(accelerator, pipe, parts, kept, saves, hooks, validator.made)
+    return TrainResult(out, history, time.time() - t0, pipe, saved=not begin.finished)
+
+
+def _finish(accelerator, pipe, parts: dict, kept: dict, saves, hooks, validated: list) -> None:
+    """After the last step: the frozen weights back in float32, the final pipeline saved (checkpoints removed), LoRA
+    fused, the processes' group closed, the modules in eval mode: every process returns the pipeline as saved."""
     restore_frozen(parts, kept)                 # the saved and returned pipeline: float32, frozen parts as loaded
-    if tr.keep_checkpoints and not begin.finished:
-        _save(accelerator, out, cfg, modules, optimizer, lr_sched, tr.max_steps, history)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if not begin.finished:                  # else output_dir holds this very pipeline already
-            ckpt.save_pipeline(pipe, cfg, out, history)
-        ckpt.finish(out, tr.keep_checkpoints)   # only now: the checkpoints go (or all but the last one)
+    saves.finish(pipe)
     from .lora import fuse_lora
     fuse_lora(pipe)                             # LoRA: every process returns the pipeline as saved (fused)
-    if os.environ.get(RANK_LOG):
-        write_json(Path(os.environ[RANK_LOG]) / f"rank_{rank}.json",
-                   {"rank": rank, "world_size": world, "reg_written": [p.name for p in reg_written],
-                    "encoded": sum(s.encoded for s in sources), "drawn": drawn, "validated": validator.made})
+    hooks.finish(validated)
     accelerator.wait_for_everyone()
-    if world > 1:
+    if accelerator.num_processes > 1:
         accelerator.end_training()              # destroy the process group before exit (gloo aborts otherwise)
-    for mod in (unet, text_encoder):
+    for mod in (parts["unet"], parts["text_encoder"]):
         mod.eval()
-    return TrainResult(out, history, time.time() - t0, pipe, saved=not begin.finished)
 
 
 def _noise_scheduler(pipe):
     """The checkpoint's own training noise schedule and prediction type (epsilon or v_prediction)."""
     from diffusers import DDPMScheduler
     return DDPMScheduler.from_config(pipe.scheduler.config)
-
-
-def _save(accelerator, out, cfg, modules, optimizer, lr_sched, step, history):
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ckpt.save(out, cfg, modules, optimizer, lr_sched, step, history, accelerator.num_processes, accelerator.scaler)
-    accelerator.wait_for_everyone()

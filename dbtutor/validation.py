@@ -47,13 +47,13 @@ def validation_prompts(cfg) -> list[str]:
 
 def settings(cfg) -> dict:
     """What makes two validations comparable: prompts, seeds, sampler, and the training config."""
-    from .checkpoint import fingerprint
+    from .same_run import training_config
     s, d = cfg.model.sampling, cfg.model.data
     return json.loads(json.dumps({
         "prompts": validation_prompts(cfg), "seeds": [SEED + i for i in range(cfg.trainer.validation.num_images)],
         "instance_prompt": d.instance_prompt, "class_prompt": d.regularization_prompt or None,
         "scheduler": s.scheduler, "num_inference_steps": s.num_inference_steps, "guidance_scale": s.guidance_scale,
-        "config": fingerprint(cfg)}))
+        "config": training_config(cfg)}))
 
 
 def make_scorer(cfg, device="cpu"):

@@ -11,7 +11,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .course import identifier_report, sample_rows, train_run
+from .course import identifier_report, no_progress_bars, sample_rows, train_run
 
 
 # ----------------------------------------------------------------------------- panels
@@ -42,29 +42,15 @@ def _html(out, html: str, clear: bool = False):
     out.append_display_data(HTML(html))
 
 
-class _quiet_libraries:
-    """Switch off diffusers' and transformers' own progress bars: in a widget callback they would land in
-    JupyterLab's log console, not in the panel (the panels report progress themselves)."""
-
-    def __enter__(self):
-        from diffusers.utils import logging as dl
-        from transformers.utils import logging as tl
-        self.mods = [m for m in (dl, tl) if m.is_progress_bar_enabled()]
-        for m in self.mods:
-            m.disable_progress_bar()
-
-    def __exit__(self, *exc):
-        for m in self.mods:
-            m.enable_progress_bar()
-
-
 def _guarded(out, status, button, fn):
-    """Run fn() for a button; errors are shown in the panel (not lost in a log), the button is re-enabled."""
+    """Run fn() for a button; errors are shown in the panel (not lost in a log), the button is re-enabled. The
+    libraries' own progress bars are off meanwhile: in a widget callback they would land in JupyterLab's log
+    console, not in the panel (the panels report progress themselves)."""
     def handler(*_, reraise: bool = False):
         button.disabled = True
         t0 = time.time()
         try:
-            with _quiet_libraries():
+            with no_progress_bars():
                 fn()
             status.value = f"{status.value} (done in {time.time() - t0:.0f} s)"
         except Exception as e:          # noqa: BLE001 - shown to the learner, not swallowed

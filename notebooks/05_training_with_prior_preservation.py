@@ -152,10 +152,10 @@ for step in range(LOOP_STEPS):
     for part in ("instance", "regularization"):     # B subject images, then B class images
         mean, logvar = latents[part]["mean"], latents[part]["logvar"]
         i = torch.randint(0, 2 ** 31 - 1, (B,), generator=g) % len(mean)      # which images
-        eps = torch.randn((B, *shape), generator=g)
+        vae_noise = torch.randn((B, *shape), generator=g)
         noise.append(torch.randn((B, *shape), generator=g))
         t.append(torch.randint(0, T, (B,), generator=g))
-        z.append((mean[i] + (0.5 * logvar[i]).exp() * eps) * vae.config.scaling_factor)   # a latent sample
+        z.append((mean[i] + (0.5 * logvar[i]).exp() * vae_noise) * vae.config.scaling_factor)   # a latent sample
     z, noise, t = torch.cat(z).to(C.device), torch.cat(noise).to(C.device), torch.cat(t).to(C.device)
     noisy = noise_scheduler.add_noise(z, noise, t)                    # forward diffusion to timestep t
     pred = unet(noisy, t, embeds[[0] * B + [1] * B]).sample           # predict the noise, each with its prompt

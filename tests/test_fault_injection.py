@@ -2,7 +2,7 @@
 a checkpoint and the output pipeline, and interrupted (SIGINT) between steps; each rerun keeps what was finished,
 and the last one ends with exactly the weights of an uninterrupted run.
 
-The kills land at exact places through the test hook dbtutor.fileio.fault_point (DBTUTOR_FAULT=<point>:<n>)."""
+The kills land at exact places through the test hook dbtutor.hooks.fault_point (DBTUTOR_FAULT=<point>:<n>)."""
 import json
 import os
 import signal
@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import dbtutor
 from dbtutor import checkpoint
-from dbtutor.fileio import FAULT_ENV
+from dbtutor.hooks import FAULT_ENV
 from dbtutor.locks import LOCK_FILES
 from dbtutor.pipeline import sd_layout
 from conftest import ROOT, SUBJECT, make_tiny_pipeline

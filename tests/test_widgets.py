@@ -6,7 +6,8 @@ matplotlib.use("Agg")
 import ipywidgets as w  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dbtutor.widgets import _guarded, _quiet_libraries, show_figure  # noqa: E402
+from dbtutor.course import no_progress_bars  # noqa: E402
+from dbtutor.widgets import _guarded, show_figure  # noqa: E402
 
 
 def test_show_figure_puts_one_png_in_the_panel_and_closes_the_figure():
@@ -27,7 +28,7 @@ def test_library_progress_bars_are_off_only_inside_a_callback():
     seen = []
     dl.enable_progress_bar()                        # as in a fresh kernel (other tests may have switched them off)
     tl.enable_progress_bar()
-    with _quiet_libraries():
+    with no_progress_bars():
         seen.append((dl.is_progress_bar_enabled(), tl.is_progress_bar_enabled()))
     assert seen == [(False, False)] and dl.is_progress_bar_enabled() and tl.is_progress_bar_enabled()
 

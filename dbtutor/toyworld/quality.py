@@ -13,8 +13,9 @@ from pathlib import Path
 
 from ..config import ROOT
 from ..fileio import write_json
-from ..pipeline import load_pipeline, model_fingerprint, sample
+from ..pipeline import load_pipeline, sample
 from ..provenance import provenance, shown_path
+from ..same_run import model_fingerprint
 from . import judge as J
 from .world import COLORS, LOOKS, OBJECTS, SCENE_PHRASE, SCENES, article
 
