@@ -56,6 +56,8 @@ def docs_copy(tmp_path):
     (tmp_path / "docs" / "results").mkdir(exist_ok=True)
     for f in (ROOT / "docs" / "results").glob("*.json"):
         shutil.copy(f, tmp_path / "docs" / "results" / f.name)
+    for model in (RT.SHIPPED_MODEL, RT.SHIPPED_JUDGE):     # the weights the result files name (cards copied above)
+        shutil.copytree(ROOT / model, tmp_path / model, ignore=shutil.ignore_patterns("README.md"), dirs_exist_ok=True)
     return tmp_path
 
 
@@ -83,6 +85,8 @@ def test_an_unknown_or_unclosed_block_is_refused(docs_copy):
 
 def test_update_refuses_a_result_of_other_weights_or_a_quick_run(docs_copy, tmp_path):
     from dbtutor.same_run import model_fingerprint
+    kept = docs_copy / "docs" / "results" / "quality.json"
+    before = kept.read_bytes() if kept.exists() else None
     result = {"kind": "quality", "settings": {"model": RT.SHIPPED_MODEL, "model_fingerprint": "0" * 16}}
     path = tmp_path / "quality.json"
     path.write_text(json.dumps(result))
@@ -97,7 +101,7 @@ def test_update_refuses_a_result_of_other_weights_or_a_quick_run(docs_copy, tmp_
         RT.update("ablation", path, docs_copy)
     with pytest.raises(SystemExit, match="not found: run `python -m dbtutor.toyworld.quality` first"):
         RT.update("quality", tmp_path / "missing.json", docs_copy)
-    assert not (docs_copy / "docs" / "results" / "quality.json").exists()
+    assert (kept.read_bytes() if kept.exists() else None) == before      # a refused result replaces nothing
 
 
 def test_an_ablation_measured_on_other_defaults_is_stale():
