@@ -40,7 +40,7 @@ class Source:
 
 SOURCES = {
     "ablation": Source("dbtutor ablate --weights 0,1", "work/ablation/results.json", 25),
-    "quality": Source("python -m dbtutor.toyworld.quality", "work/quality/quality.json", 20),
+    "quality": Source("python -m dbtutor.toyworld.quality", "work/quality/quality.json", 2),
     "lora_vs_full": Source("python bench/lora_vs_full.py", "work/lora_vs_full/results.json", 7),
     "course_time": Source("python tools/course_time.py", "work/course_time/course_time.json", 15),
 }
