@@ -25,7 +25,7 @@ from .errors import ConfigError, DataError
 from .evaluate import DEFAULT_JUDGE, EVAL_SEED, METRICS, evaluate
 from .fileio import write_json, write_text
 from .provenance import provenance, shown_path, shown_paths
-from .same_run import changed_keys, model_fingerprint, training_config
+from .same_run import changed_keys, flatten, model_fingerprint, training_config
 
 SUBJECTS_DIR = ROOT / "data" / "subjects"
 DEFAULTS = {"seeds": [0, 1, 2], "weights": [0.0, 0.25, 1.0], "num_samples": 4, "class_samples": 32}
@@ -74,17 +74,7 @@ def variant_config(cfg, subject: str, weight: float, seed: int, steps: int, work
 
 def flat_config(cfg) -> dict:
     """{dotted key: value} of the config as a result records it (NOT_RECORDED left out)."""
-    flat = {}
-
-    def walk(node, prefix=""):
-        for k, v in node.items():
-            key = prefix + k
-            if isinstance(v, dict):
-                walk(v, key + ".")
-            elif key not in NOT_RECORDED:
-                flat[key] = v
-    walk(OmegaConf.to_container(cfg, resolve=True))
-    return flat
+    return {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items() if k not in NOT_RECORDED}
 
 
 def run_record(cfg, eval_settings: dict) -> dict:

@@ -57,13 +57,18 @@ class RunCheckpoints:
         self.last_saved = begin.step
         self.stop = DeferredInterrupt()     # Ctrl-C: finish the step, save it, stop
 
+    def _write(self, step: int) -> None:
+        """The checkpoint of `step` steps, as this process sees the run (call it on the main process)."""
+        a = self.accelerator
+        ckpt.save(self.out, self.cfg, self.modules, self.optimizer, self.lr_sched, step, self.history,
+                  a.num_processes, a.scaler)
+
     def save(self, step: int) -> None:
         """A checkpoint after `step` steps, written by the main process while the others wait."""
         a = self.accelerator
         a.wait_for_everyone()
         if a.is_main_process:
-            ckpt.save(self.out, self.cfg, self.modules, self.optimizer, self.lr_sched, step, self.history,
-                      a.num_processes, a.scaler)
+            self._write(step)
         a.wait_for_everyone()
 
     def maybe_save(self, step: int) -> None:
@@ -78,10 +83,8 @@ class RunCheckpoints:
         No barrier here: the other processes may be gone already."""
         if not self.stop.requested:
             return
-        a = self.accelerator
-        if step > self.last_saved and a.is_main_process:
-            ckpt.save(self.out, self.cfg, self.modules, self.optimizer, self.lr_sched, step, self.history,
-                      a.num_processes, a.scaler)
+        if step > self.last_saved and self.accelerator.is_main_process:
+            self._write(step)
         raise KeyboardInterrupt
 
     def close(self) -> None:

@@ -36,11 +36,12 @@ NOT_TRAINING = frozenset({
     "trainer.keep_checkpoints", "trainer.wait_for_lock", "model.sampling", "model.lora.save_merged"})
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{dotted key: value} of a nested dict's leaves, in order (a config as its records keep it)."""
     out = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
     return out
 
 
@@ -54,7 +55,7 @@ def training_config(cfg) -> dict:
     are the same training when these are equal (changed_keys is empty). `cfg`: a config, or a dict of it (nested,
     or flat with dotted keys, as records keep it)."""
     tree = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
-    return {k: v for k, v in _flat(tree).items() if not _not_training(k)}
+    return {k: v for k, v in flatten(tree).items() if not _not_training(k)}
 
 
 def changed_keys(saved: dict, now: dict) -> list[str]:

@@ -37,14 +37,13 @@ def accelerator_kwargs(cfg) -> dict:
     return {"log_with": name, "project_dir": str(Path(cfg.output_dir) / LOGS)}
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
-    return out
+def _hparams(cfg) -> dict:
+    """The config as trackers take hyperparameters: dotted keys, scalar values (a list as its text)."""
+    from omegaconf import OmegaConf
+
+    from .same_run import flatten
+    return {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+            for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()}
 
 
 def wandb_run_id(out: Path, start: int) -> str:
@@ -72,9 +71,8 @@ class Trackers:
         # events that an interrupted run logged after `start` are hidden (it goes on from there); at step 0 all
         init = {"tensorboard": {"purge_step": start + 1 if start else 0}}
         if self.name == "wandb":
-            from omegaconf import OmegaConf
             init["wandb"] = {"dir": str(out / LOGS), "name": out.name, "id": wandb_run_id(out, start),
-                             "resume": "allow", "config": _flat(OmegaConf.to_container(cfg, resolve=True))}
+                             "resume": "allow", "config": _hparams(cfg)}
         (out / LOGS).mkdir(parents=True, exist_ok=True)
         accelerator.init_trackers(PROJECT, init_kwargs=init)
 
