@@ -246,3 +246,36 @@ def test_huggingface_hub_finds_what_a_runtime_before_downloaded_to_drive(tmp_pat
     keep_hub_cache(drive_hub)
     found = try_to_load_from_cache("someone/model", "model_index.json")
     assert isinstance(found, str) and Path(found).resolve() == (model / "snapshots" / "abc" / "model_index.json")
+
+
+def test_setup_on_colab_keeps_work_choices_course_and_hub_cache_in_drive(colab, tmp_path, monkeypatch, capsys):
+    """The first notebook: Drive mounted, WORK and the choice file in MyDrive/dbtutor/work, the course copied there,
+    the hub cache linked there. The same runtime again: nothing asked. A new runtime with PROFILE left None: the
+    choices come back from Drive. WORK_ON_DRIVE = False: this runtime's disk, the hub cache left alone."""
+    from huggingface_hub import constants
+
+    from dbtutor import course
+    for name in ("DBTUTOR_PROFILE", "DBTUTOR_NB_WORK", "DBTUTOR_PRETRAINED"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DBTUTOR_ALLOW_CPU", "1")
+    monkeypatch.setattr(course, "ROOT", a_course(colab.home))          # the course as the install cell left it
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "runtime1" / "hub"))
+    in_drive = colab.drive / "dbtutor"
+    c = course.setup("sd15", None, None, "puppy")
+    assert c.work == colab.content / "drive" / "MyDrive" / "dbtutor" / "work" and len(colab.mounts) == 1
+    assert json.loads((in_drive / "work" / "course.json").read_text())["settings"]["sd15"] == {"class_noun": "puppy"}
+    assert (in_drive / "pyproject.toml").is_file() and (in_drive / "tools" / "colab_install.py").is_file()
+    assert Path(constants.HF_HUB_CACHE).resolve() == (in_drive / "hub").resolve()
+    assert "hub cache in Drive" in capsys.readouterr().out
+    course.setup()
+    assert len(colab.mounts) == 1
+    colab.new_runtime()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "runtime2" / "hub"))
+    later = course.setup()
+    assert (later.profile, later.class_noun, later.sources["class_noun"]) == ("sd15", "puppy", "an earlier notebook")
+    assert len(colab.mounts) == 2 and Path(constants.HF_HUB_CACHE).is_symlink()
+    colab.new_runtime()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "runtime3" / "hub"))
+    local = course.setup("sd15", False)
+    assert local.work == course.ROOT / "work" / "notebooks" and len(colab.mounts) == 2
+    assert not Path(constants.HF_HUB_CACHE).exists()
