@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -246,6 +247,7 @@ def setup(profile: str | None = None, drive: bool | None = None, subject_dir=Non
     c = settings(profile, work=home / "work" if home is not None else None, **cell)
     choices.remember(c.work, c.profile, profile is not None, cell)
     if c.profile != "toy" and c.device.type == "cpu" and os.environ.get(ALLOW_CPU_ENV) != "1":
+        warnings.filterwarnings("ignore", message="To exit: use")    # IPython's hint after a SystemExit: not here
         raise SystemExit(f"dbtutor: the {c.profile} profile needs a GPU and this runtime has none. On Colab: Runtime "
                          "→ Change runtime type → T4 GPU, then run this notebook again (what you chose is kept"
                          f"{' in Drive' if home is not None else ''}); {ALLOW_CPU_ENV}=1 runs it on the CPU anyway "
