@@ -63,6 +63,7 @@ class Colab:
         self.mp.setattr(sys, "path", [p for p in sys.path if not p.startswith(str(self.content))])
 
     def run_cell(self, cell: str = INSTALL_CELL):
+        self.mp.delitem(sys.modules, "dbtutor", raising=False)     # a new kernel has not imported the course yet
         exec(cell, {})
 
     @property
