@@ -30,8 +30,7 @@ PROFILES = {
         num_reg_images=200, num_images_per_prompt=25,
         lora_rank=0, gradient_checkpointing=False, use_8bit_adam=False, save_merged=True, checkpoint_every=0,
         samples_per_prompt=8, sampler_steps=20, guidance=5.0, scheduler="dpm", sample_batch=25,
-        validation_every=100, validation_images=4,
-        hub_on_drive=False),
+        validation_every=100, validation_images=4),
     "sd15": dict(
         pretrained="stable-diffusion-v1-5/stable-diffusion-v1-5", subject_dir=ROOT / "data/dog6",
         identifier="sks", class_noun="dog", scene="on the beach", colour="black", resolution=512,
@@ -39,8 +38,7 @@ PROFILES = {
         num_reg_images=50, num_images_per_prompt=4,
         lora_rank=16, gradient_checkpointing=True, use_8bit_adam=False, save_merged=False, checkpoint_every=100,
         samples_per_prompt=4, sampler_steps=25, guidance=7.5, scheduler="dpm", sample_batch=4,
-        validation_every=100, validation_images=2,
-        hub_on_drive=True),     # Colab with WORK in Drive: the hub cache there too, SD v1.5 downloaded once
+        validation_every=100, validation_images=2),
 }
 # the keys gpu_settings() decides on a CUDA machine, as config key -> setting
 GPU_KEYS = {"model.lora.rank": "lora_rank", "model.gradient_checkpointing": "gradient_checkpointing",
@@ -231,12 +229,13 @@ def settings(profile: str | None = None, work: Path | None = None, **cell) -> Co
 
 
 def setup(profile: str | None = None, drive: bool | None = None, subject_dir=None, class_noun=None,
-          **cell) -> Course:
+          hub_on_drive: bool | None = None, **cell) -> Course:
     """settings() for a notebook, plus what its first cell needs: library noise quieted; on Colab, WORK in Google
     Drive (drive = WORK_ON_DRIVE: None = yes on Colab, False = no) with the course kept there for the next
-    runtimes, and the hub cache too (hub_on_drive); what this cell set remembered for the next notebooks; a GPU
-    profile refused on a machine without a GPU (SystemExit: one line, no traceback) unless DBTUTOR_ALLOW_CPU=1;
-    and lines saying what was chosen and where each setting not the profile's came from."""
+    runtimes, and the Hugging Face hub cache too (hub_on_drive: None = an earlier notebook's choice, else yes for
+    a profile that downloads its model); what this cell set, remembered for the next notebooks; a GPU profile
+    refused on a machine without a GPU (SystemExit: one line, no traceback) unless DBTUTOR_ALLOW_CPU=1; and lines
+    saying what was chosen and where each setting not the profile's came from."""
     quiet_libraries()
     if colab.in_colab():
         colab.enable_widgets()
@@ -245,16 +244,19 @@ def setup(profile: str | None = None, drive: bool | None = None, subject_dir=Non
         colab.keep_course(ROOT, home)
     cell = {"subject_dir": subject_dir, "class_noun": class_noun, **cell}
     c = settings(profile, work=home / "work" if home is not None else None, **cell)
-    choices.remember(c.work, c.profile, profile is not None, cell)
+    choices.remember(c.work, c.profile, profile is not None, {**cell, "hub_on_drive": hub_on_drive})
     if c.profile != "toy" and c.device.type == "cpu" and os.environ.get(ALLOW_CPU_ENV) != "1":
         warnings.filterwarnings("ignore", message="To exit: use")    # IPython's hint after a SystemExit: not here
         raise SystemExit(f"dbtutor: the {c.profile} profile needs a GPU and this runtime has none. On Colab: Runtime "
                          "→ Change runtime type → T4 GPU, then run this notebook again (what you chose is kept"
                          f"{' in Drive' if home is not None else ''}); {ALLOW_CPU_ENV}=1 runs it on the CPU anyway "
                          "(hours)")
-    if home is not None and c.hub_on_drive and colab.keep_hub_cache(home / "hub"):
-        print(f"hub cache in Drive ({home / 'hub'}): models are downloaded once, not in every runtime "
-              "(SD v1.5: 2.1 GB of your Drive; hub_on_drive=False: not)")
+    if hub_on_drive is None:
+        kept = choices.remembered(choices.read(c.work), c.profile).get("hub_on_drive", c.profile != "toy")
+        hub_on_drive = typed(kept, True, f"{c.work / CHOICE_FILE}: {c.profile} hub_on_drive={kept!r}")
+    if home is not None and hub_on_drive and colab.keep_hub_cache(home / "hub"):
+        print(f"hub cache in Drive ({home / 'hub'}): models are fetched once for the course, not in every runtime "
+              "(SD v1.5: 2.1 GB of Drive in fp16, 4.3 GB in float32; course.setup(..., hub_on_drive=False): not)")
     if subject_dir and not class_noun:
         print(f"SUBJECT_DIR is your folder: set CLASS_NOUN to what it shows (now {c.class_noun!r})")
     if "gpu_why" in c.settings:

@@ -26,14 +26,15 @@ if "google.colab" in sys.modules:
     HOME, DRIVE = f"{CONTENT}/dbtutor", f"{CONTENT}/drive/MyDrive"  # the course is installed from HOME
     if not (os.path.isdir(HOME) or REPO or glob.glob(f"{CONTENT}/dbtutor*.zip")):  # nothing here: look in Drive
         google.colab.drive.mount(f"{CONTENT}/drive")  # Colab asks for access, once per runtime
-    # A new runtime takes the first way in: REPO; the course kept in Drive (MyDrive/dbtutor); a zip uploaded here,
-    # else one in MyDrive, whatever its one top folder is called (GitHub's "Download ZIP" makes dbtutor-main/)
+    # A new runtime takes the first way in: REPO; the course kept in Drive (MyDrive/dbtutor), once Drive is mounted;
+    # the newest dbtutor*.zip uploaded here, or in MyDrive. A zip's one top folder, whatever its name (GitHub's
+    # "Download ZIP" makes dbtutor-main/), becomes HOME.
     if not os.path.isdir(HOME) and REPO:
         subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, HOME], check=True)
     elif not os.path.isdir(HOME) and os.path.isfile(f"{DRIVE}/dbtutor/pyproject.toml"):
         shutil.copytree(f"{DRIVE}/dbtutor", HOME, ignore=shutil.ignore_patterns("work", "hub"))  # not your work
     elif not os.path.isdir(HOME) and (zips := glob.glob(f"{CONTENT}/dbtutor*.zip") + glob.glob(f"{DRIVE}/dbtutor*.zip")):
-        shutil.unpack_archive(zips[0], f"{CONTENT}/unzipped")  # Python's zipfile: nothing to answer
+        shutil.unpack_archive(max(zips, key=os.path.getmtime), f"{CONTENT}/unzipped")  # Python's zipfile: no prompts
         shutil.move(glob.glob(f"{CONTENT}/unzipped/*")[0], HOME)
     if not os.path.isfile(f"{HOME}/pyproject.toml"):
         raise SystemExit("dbtutor: no course: upload dbtutor.zip here or to MyDrive, keep MyDrive/dbtutor or set REPO")

@@ -4,6 +4,7 @@ and dbtutor.colab keeping the course and the hub cache in Drive."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -137,6 +138,22 @@ def test_an_upload_goes_before_drive_and_drive_is_not_asked_for(colab, tmp_path)
     zip_of(tmp_path / "src", colab.content / "dbtutor.zip", "dbtutor")
     colab.run_cell()
     assert colab.mounts == [] and (colab.home / "from_the_zip").exists()
+
+
+def test_of_several_zips_the_newest_is_taken(colab, tmp_path):
+    """Drive names a second upload "dbtutor (1).zip": whichever name, the newest zip is the course."""
+    course = a_course(tmp_path / "src")
+    old = zip_of(course, colab.content / "dbtutor (1).zip", "dbtutor")
+    (course / "newer").write_text("")
+    new = zip_of(course, colab.content / "dbtutor.zip", "dbtutor")
+    os.utime(old, (2e9, 2e9))
+    os.utime(new, (1e9, 1e9))
+    colab.run_cell()
+    assert not (colab.home / "newer").exists()
+    colab.new_runtime()
+    zip_of(course, colab.content / "dbtutor (1).zip", "dbtutor")     # uploaded now: the newest
+    colab.run_cell()
+    assert (colab.home / "newer").exists()
 
 
 def test_repo_is_cloned(colab, tmp_path):
@@ -277,6 +294,13 @@ def test_setup_on_colab_keeps_work_choices_course_and_hub_cache_in_drive(colab, 
     assert len(colab.mounts) == 2 and Path(constants.HF_HUB_CACHE).is_symlink()
     colab.new_runtime()
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "runtime3" / "hub"))
+    course.setup(hub_on_drive=False)                                  # kept off Drive: remembered for the course
+    colab.new_runtime()
+    course.setup()
+    assert not Path(constants.HF_HUB_CACHE).exists() and len(colab.mounts) == 4
+    course.setup("toy")                                                # the toy course downloads nothing
+    assert not Path(constants.HF_HUB_CACHE).exists()
+    colab.new_runtime()
     local = course.setup("sd15", False)
-    assert local.work == course.ROOT / "work" / "notebooks" and len(colab.mounts) == 2
+    assert local.work == course.ROOT / "work" / "notebooks" and len(colab.mounts) == 4
     assert not Path(constants.HF_HUB_CACHE).exists()
