@@ -257,7 +257,7 @@ def setup(profile: str | None = None, drive: bool | None = None, subject_dir=Non
     if home is not None and hub_on_drive and colab.keep_hub_cache(home / "hub"):
         print(f"hub cache in Drive ({home / 'hub'}): models are fetched once for the course, not in every runtime "
               "(SD v1.5: 2.1 GB of Drive in fp16, 4.3 GB in float32; course.setup(..., hub_on_drive=False): not)")
-    if subject_dir and not class_noun:
+    if subject_dir and "class_noun" not in c.sources:          # the profile's noun for the learner's photos
         print(f"SUBJECT_DIR is your folder: set CLASS_NOUN to what it shows (now {c.class_noun!r})")
     if "gpu_why" in c.settings:
         print(f"GPU settings: {c.gpu_why}")

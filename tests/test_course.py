@@ -67,9 +67,13 @@ def test_a_choice_made_in_one_notebook_reaches_the_next(work, monkeypatch, tmp_p
     assert nxt.profile == "sd15" and nxt.subject_dir == photos and nxt.class_noun == "backpack"
     assert nxt.sources["subject_dir"] == "an earlier notebook"
     assert "profile sd15 (an earlier notebook)" in capsys.readouterr().out
+    course.setup(subject_dir=tmp_path / "other")              # its class noun is still the one chosen before
+    assert "set CLASS_NOUN" not in capsys.readouterr().out
     monkeypatch.setenv("DBTUTOR_PROFILE", "toy")              # the environment wins over the remembered choice
     assert course.setup().profile == "toy"
-    assert course.setup().class_noun == "ball"                # a photo folder is remembered for its profile only
+    course.setup(subject_dir=photos)                          # photos, and the toy profile's "ball" for them
+    assert "SUBJECT_DIR is your folder: set CLASS_NOUN to what it shows (now 'ball')" in capsys.readouterr().out
+    assert course.setup().class_noun == "ball"                # "backpack" was chosen for sd15 only
 
 
 def test_the_settings_that_name_a_run_set_in_one_notebook_are_the_next_ones(work, monkeypatch, capsys):
