@@ -1,25 +1,23 @@
-"""The course's shared setup: a profile (toy or sd15) sets every default; work folder, device, runs, measuring."""
+"""The course's shared setup: a profile (toy or sd15) sets every default; choices kept, WORK, device, measuring."""
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
-import logging
 import os
 import re
-import sys
-from contextlib import contextmanager
+import warnings
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
+from . import choices, colab
+from .choices import CHOICE_FILE
 from .config import ROOT
 from .errors import ConfigError
+from .quiet import no_progress_bars, quiet_libraries  # noqa: F401  (the notebooks' and widgets' names for them)
+from .runs import model_tag, run_config, run_dir, train_run  # noqa: F401  (idem)
 
 ENV_PREFIX, PROFILE_ENV = "DBTUTOR_NB_", "DBTUTOR_PROFILE"
-CHOICE_FILE = "course.json"      # in WORK: the profile, photos and class noun a notebook chose, for the next ones
-DRIVE_WORK = Path("/content/drive/MyDrive/dbtutor/work")
+ALLOW_CPU_ENV = "DBTUTOR_ALLOW_CPU"      # =1: setup runs a GPU profile on a CPU anyway (CI, a patient learner)
 # Every setting of the course. "toy": the embedded model on any CPU. "sd15": Stable Diffusion v1.5 on a GPU with
 # the DreamBooth paper's dog, at the settings of diffusers' DreamBooth documentation (lr, guidance) made to fit a
 # free Colab session (LoRA, fewer class images and steps: see the README's Colab section); on a GPU the memory
@@ -53,7 +51,12 @@ def setting(name: str, default):
     raw = os.environ.get(ENV_PREFIX + name.upper())
     if raw is None or raw.strip() == "":
         return default
-    raw = raw.strip()
+    return typed(raw, default, f"{ENV_PREFIX}{name.upper()}={raw.strip()!r}")
+
+
+def typed(raw, default, where: str):
+    """`raw` (text, or a value read from JSON) as the type of `default`; a ConfigError naming `where` if it is not."""
+    raw = str(raw).strip()
     try:
         if isinstance(default, bool):
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
@@ -66,43 +69,7 @@ def setting(name: str, default):
             return Path(raw)
         return type(default)(raw)
     except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
-
-
-def quiet_libraries():
-    """Silence library noise that tells a learner nothing, at its source: loading progress bars, the advice to
-    install torchvision (the course never needs it), diffusers' note on casting with .to() and its note that a LoRA
-    file has no text-encoder part. Hub download bars and every other warning still show."""
-    from diffusers.utils import logging as dl
-    from transformers.utils import logging as tl
-    dl.disable_progress_bar()
-    tl.disable_progress_bar()
-    noise = re.compile(r"requires torchvision|should be kept in float32: \[\]|No LoRA keys associated to CLIPTextModel")
-    for name in ("transformers", "diffusers"):
-        log = logging.getLogger(name)
-        if not any(getattr(f, "dbtutor", False) for f in log.filters):
-            f = logging.Filter()
-            f.filter = lambda record: not noise.search(record.getMessage())
-            f.dbtutor = True
-            log.addFilter(f)
-            for h in log.handlers:
-                h.addFilter(f)
-
-
-@contextmanager
-def no_progress_bars():
-    """diffusers' and transformers' own progress bars off inside the `with`, back on after (those that were on);
-    quiet_libraries switches them off for good."""
-    from diffusers.utils import logging as dl
-    from transformers.utils import logging as tl
-    on = [m for m in (dl, tl) if m.is_progress_bar_enabled()]
-    for m in on:
-        m.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for m in on:
-            m.enable_progress_bar()
+        raise ConfigError(f"{where} is not a valid {type(default).__name__}") from None
 
 
 class Course:
@@ -198,6 +165,15 @@ class Course:
         rows = [f"  {n:18s} {self.settings[n]!s:52s} {self.sources.get(n, 'profile')}" for n in names]
         return "\n".join(rows)
 
+    def origins(self) -> str:
+        """The settings that are not the profile's, grouped by where they came from: "lr=5e-05, max_steps=800
+        (an earlier notebook); resolution=64 (environment)"."""
+        by: dict[str, list[str]] = {}
+        for key, source in sorted(self.sources.items()):
+            if key in self.settings:
+                by.setdefault(source, []).append(f"{key}={self.settings[key]}")
+        return "; ".join(f"{', '.join(keys)} ({source})" for source, keys in by.items())
+
 
 def free_memory():
     """Give back what deleted pipelines held (the GPU keeps freed blocks cached until asked)."""
@@ -206,29 +182,16 @@ def free_memory():
         torch.cuda.empty_cache()
 
 
-def _remembered(work: Path) -> dict:
-    try:
-        return json.loads((work / CHOICE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _mount_drive() -> Path:
-    if "google.colab" not in sys.modules:
-        print("WORK_ON_DRIVE: not in Colab, so WORK stays on this machine")
-        return None
-    from google.colab import drive
-    drive.mount("/content/drive")
-    return DRIVE_WORK
-
-
 def settings(profile: str | None = None, work: Path | None = None, **cell) -> Course:
-    """Every setting of the course: the profile's defaults, then DBTUTOR_NB_<NAME> from the environment, then the
-    values a notebook's parameters cell sets (None = not set). The profile is the argument, else DBTUTOR_PROFILE,
-    else the one an earlier notebook chose (remembered in WORK/course.json), else "toy". Writes nothing."""
+    """Every setting of the course: the profile's defaults, then what cells of earlier notebooks set for it
+    (WORK/course.json), then DBTUTOR_NB_<NAME> from the environment, then the values this notebook's parameters
+    cell sets (None = not set). The profile is the argument, else DBTUTOR_PROFILE, else the one an earlier notebook
+    chose, else "toy". Writes nothing and refuses nothing (also for display and tools: see setup)."""
     work = Path(work or os.environ.get(ENV_PREFIX + "WORK") or ROOT / "work/notebooks")
-    remembered = _remembered(work)
-    name = profile or os.environ.get(PROFILE_ENV) or remembered.get("profile") or "toy"
+    chosen = choices.read(work)
+    name = profile or os.environ.get(PROFILE_ENV) or chosen["profile"] or "toy"
+    said = ("this notebook" if profile else PROFILE_ENV if os.environ.get(PROFILE_ENV) else
+            "an earlier notebook" if chosen["profile"] else "the default")
     if name not in PROFILES:
         raise ConfigError(f"profile {name!r} is not one of {', '.join(PROFILES)} (PROFILE or {PROFILE_ENV})")
     unknown = sorted(set(cell) - set(PROFILES[name]))
@@ -237,7 +200,7 @@ def settings(profile: str | None = None, work: Path | None = None, **cell) -> Co
                           f"{', '.join(sorted(PROFILES[name]))}")
     from .pipeline import pick_device
     device = pick_device()
-    values, sources = dict(PROFILES[name]), {}
+    values, sources = dict(PROFILES[name]), {"profile": said}
     if device.type == "cuda" and name != "toy":
         from .memory import gpu_settings
         gpu = gpu_settings()
@@ -246,11 +209,12 @@ def settings(profile: str | None = None, work: Path | None = None, **cell) -> Co
             values[setting_name], sources[setting_name] = gpu[key], "this GPU"
     if name != "toy" and values["lora_rank"] == 0:      # a full fine-tuning checkpoint is 3x the UNet: not for Drive
         values["checkpoint_every"], sources["checkpoint_every"] = 0, "full fine-tuning"
+    for key, v in choices.remembered(chosen, name).items():
+        if key in values:
+            where = f"{work / CHOICE_FILE}: {name} {key}={v!r}"
+            values[key], sources[key] = typed(v, PROFILES[name][key], where), "an earlier notebook"
     if os.environ.get("DBTUTOR_PRETRAINED"):
         values["pretrained"], sources["pretrained"] = os.environ["DBTUTOR_PRETRAINED"], "DBTUTOR_PRETRAINED"
-    for key in ("subject_dir", "class_noun"):
-        if remembered.get(key) and remembered.get("profile") == name and cell.get(key) is None:
-            values[key], sources[key] = remembered[key], "an earlier notebook"
     for key, default in PROFILES[name].items():
         got = setting(key, default)
         if got != default:
@@ -264,67 +228,44 @@ def settings(profile: str | None = None, work: Path | None = None, **cell) -> Co
     return Course(name, values, sources, work, device, dtype)
 
 
-def setup(profile: str | None = None, drive: bool = False, **cell) -> Course:
-    """settings() for a notebook, plus what a notebook's first cell needs: library noise quieted, Google Drive
-    mounted for WORK on Colab when asked (runs then survive a disconnect and reach the next notebook), the profile,
-    photo folder and class noun a cell set remembered for the next notebooks, and one line saying what was chosen.
-    DBTUTOR_PRETRAINED points any profile at a local pipeline folder."""
+def setup(profile: str | None = None, drive: bool | None = None, subject_dir=None, class_noun=None,
+          hub_on_drive: bool | None = None, **cell) -> Course:
+    """settings() for a notebook, plus what its first cell needs: library noise quieted; on Colab, WORK in Google
+    Drive (drive = WORK_ON_DRIVE: None = yes on Colab, False = no) with the course kept there for the next
+    runtimes, and the Hugging Face hub cache too (hub_on_drive: None = an earlier notebook's choice, else yes for
+    a profile that downloads its model); what this cell set, remembered for the next notebooks; a GPU profile
+    refused on a machine without a GPU (SystemExit: one line, no traceback) unless DBTUTOR_ALLOW_CPU=1; and lines
+    saying what was chosen and where each setting not the profile's came from."""
     quiet_libraries()
-    if "google.colab" in sys.modules:
-        from google.colab import output
-        output.enable_custom_widget_manager()        # ipywidgets 8 in Colab
-    work = _mount_drive() if drive else None
-    c = settings(profile, work=work, **cell)
-    choice = {"profile": profile, "subject_dir": cell.get("subject_dir"), "class_noun": cell.get("class_noun")}
-    if any(choice.values()):
-        from .fileio import write_json
-        write_json(c.work / CHOICE_FILE, {**_remembered(c.work), **{k: str(v) for k, v in choice.items() if v}})
-    if cell.get("subject_dir") and not cell.get("class_noun"):
+    if colab.in_colab():
+        colab.enable_widgets()
+    home = colab.drive_home(drive)                   # MyDrive/dbtutor, Drive mounted; None: this machine's disk
+    if home is not None:
+        colab.keep_course(ROOT, home)
+    cell = {"subject_dir": subject_dir, "class_noun": class_noun, **cell}
+    c = settings(profile, work=home / "work" if home is not None else None, **cell)
+    choices.remember(c.work, c.profile, profile is not None, {**cell, "hub_on_drive": hub_on_drive})
+    if c.profile != "toy" and c.device.type == "cpu" and os.environ.get(ALLOW_CPU_ENV) != "1":
+        warnings.filterwarnings("ignore", message="To exit: use")    # IPython's hint after a SystemExit: not here
+        raise SystemExit(f"dbtutor: the {c.profile} profile needs a GPU and this runtime has none. On Colab: Runtime "
+                         "→ Change runtime type → T4 GPU, then run this notebook again (what you chose is kept"
+                         f"{' in Drive' if home is not None else ''}); {ALLOW_CPU_ENV}=1 runs it on the CPU anyway "
+                         "(hours)")
+    if hub_on_drive is None:
+        kept = choices.remembered(choices.read(c.work), c.profile).get("hub_on_drive", c.profile != "toy")
+        hub_on_drive = typed(kept, True, f"{c.work / CHOICE_FILE}: {c.profile} hub_on_drive={kept!r}")
+    if home is not None and hub_on_drive and colab.keep_hub_cache(home / "hub"):
+        print(f"hub cache in Drive ({home / 'hub'}): models are fetched once for the course, not in every runtime "
+              "(SD v1.5: 2.1 GB of Drive in fp16, 4.3 GB in float32; course.setup(..., hub_on_drive=False): not)")
+    if subject_dir and "class_noun" not in c.sources:          # the profile's noun for the learner's photos
         print(f"SUBJECT_DIR is your folder: set CLASS_NOUN to what it shows (now {c.class_noun!r})")
     if "gpu_why" in c.settings:
         print(f"GPU settings: {c.gpu_why}")
-    print(f"profile {c.profile}: {c.instance_prompt!r} / {c.class_prompt!r} on {c.device} ({str(c.dtype)[6:]}); "
-          f"WORK {c.work}")
+    print(f"profile {c.profile} ({c.sources['profile']}): {c.instance_prompt!r} / {c.class_prompt!r} on {c.device} "
+          f"({str(c.dtype)[6:]}); WORK {c.work}")
+    if c.origins():
+        print(f"  not the profile's: {c.origins()}")
     return c
-
-
-def model_tag(pretrained) -> str:
-    """A short name for a base model that changes when its weights change (a hub id is used as it is)."""
-    from .same_run import model_fingerprint
-    p = Path(str(pretrained)).expanduser()
-    if not p.is_dir():
-        return str(pretrained).replace("/", "--")
-    return f"{p.name}-{model_fingerprint(str(p))[:8]}"
-
-
-def run_dir(work, cfg) -> Path:
-    """The output folder of a training run, named after everything that defines it (config and base model
-    weights): rerunning with the same settings finds the finished run (nothing left to do), other settings get a
-    fresh folder."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    c.pop("output_dir", None)
-    for k in ("progress", "resume", "keep_checkpoints", "wait_for_lock", "validation", "log_with"):
-        c["trainer"].pop(k, None)                                  # they do not change what is trained
-    c["model"]["sampling"].pop("card_seeds", None)
-    c["model"]["pretrained"] = model_tag(cfg.model.pretrained)
-    key = hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    m = cfg.model
-    label = f"prior{m.prior_loss_weight:g}" if m.with_prior_preservation else "noprior"
-    return Path(work) / "runs" / f"{label}-{cfg.trainer.max_steps}steps-{key}"
-
-
-def run_config(overrides: dict, work):
-    """load_config(overrides) with output_dir set to run_dir(work, ...)."""
-    from .config import load_config
-    cfg = load_config(overrides={**overrides, "output_dir": str(Path(work) / "runs" / "_")})
-    cfg.output_dir = str(run_dir(work, cfg))
-    return cfg
-
-
-def train_run(overrides: dict, work, progress: bool = True, callback=None):
-    """dbtutor.train into run_dir(work, ...): trains once, and reuses the finished run when called again."""
-    from .train import train
-    return train(run_config(overrides, work), progress=progress, callback=callback)
 
 
 def sample_rows(pipe, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 5.0,

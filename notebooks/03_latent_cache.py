@@ -20,35 +20,45 @@
 import sys
 
 if "google.colab" in sys.modules:
-    import importlib.metadata, os, subprocess  # noqa: E401
-    REPO = ""  # the course's git URL (tools/set_repo_url.py sets it); empty: upload dbtutor.zip or use Drive
-    if not os.path.isdir("/content/dbtutor") and (REPO or os.path.isfile("/content/dbtutor.zip")):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, "/content/dbtutor"] if REPO else
-                       ["unzip", "-q", "/content/dbtutor.zip", "-d", "/content"], check=True)
-    HOME = "/content/dbtutor" if os.path.isdir("/content/dbtutor") else "/content/drive/MyDrive/dbtutor"
+    import glob, google.colab.drive, os, runpy, shutil, subprocess  # noqa: E401
+    REPO = ""  # the course's git URL (tools/set_repo_url.py sets it); empty: a dbtutor*.zip, or the course in Drive
+    CONTENT = os.environ.get("DBTUTOR_COLAB_CONTENT", "/content")  # Colab's files (a test sets another folder)
+    HOME, DRIVE = f"{CONTENT}/dbtutor", f"{CONTENT}/drive/MyDrive"  # the course is installed from HOME
+    if not (os.path.isdir(HOME) or REPO or glob.glob(f"{CONTENT}/dbtutor*.zip")):  # nothing here: look in Drive
+        google.colab.drive.mount(f"{CONTENT}/drive")  # Colab asks for access, once per runtime
+    # A new runtime takes the first way in: REPO; the course kept in Drive (MyDrive/dbtutor), once Drive is mounted;
+    # the newest dbtutor*.zip uploaded here, or in MyDrive. A zip's one top folder, whatever its name (GitHub's
+    # "Download ZIP" makes dbtutor-main/), becomes HOME.
+    if not os.path.isdir(HOME) and REPO:
+        subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, HOME], check=True)
+    elif not os.path.isdir(HOME) and os.path.isfile(f"{DRIVE}/dbtutor/pyproject.toml"):
+        shutil.copytree(f"{DRIVE}/dbtutor", HOME, ignore=shutil.ignore_patterns("work", "hub"))  # not your work
+    elif not os.path.isdir(HOME) and (zips := glob.glob(f"{CONTENT}/dbtutor*.zip") + glob.glob(f"{DRIVE}/dbtutor*.zip")):
+        shutil.unpack_archive(max(zips, key=os.path.getmtime), f"{CONTENT}/unzipped")  # Python's zipfile: no prompts
+        shutil.move(glob.glob(f"{CONTENT}/unzipped/*")[0], HOME)
     if not os.path.isfile(f"{HOME}/pyproject.toml"):
-        raise SystemExit("dbtutor: upload dbtutor.zip (the course folder, zipped) to /content, keep the course in Drive "
-                         "as MyDrive/dbtutor (mount Drive first), or set REPO above; then run this cell again")
-    torch_pin = f"torch=={importlib.metadata.version('torch')}"  # keep Colab's CUDA torch: no multi-GB reinstall
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", HOME, torch_pin], check=True)
-    sys.path.insert(0, HOME)  # the running kernel sees the package without a restart
+        raise SystemExit("dbtutor: no course: upload dbtutor.zip here or to MyDrive, keep MyDrive/dbtutor or set REPO")
+    runpy.run_path(f"{HOME}/tools/colab_install.py")  # pip install -e HOME, Colab's own torch kept; once per runtime
 
 # %% tags=["parameters"]
 # Parameters. PROFILE sets every default at once: "toy" (the embedded model: any CPU, minutes) or "sd15" (Stable
-# Diffusion v1.5 at 512 px with the DreamBooth paper's dog or your photos: a GPU). None = DBTUTOR_PROFILE, else an
-# earlier notebook's choice, else "toy". A setting left None takes the profile's value (in brackets); set it to change.
+# Diffusion v1.5 at 512 px with the DreamBooth paper's dog or your photos: a GPU). PROFILE, SUBJECT_DIR, CLASS_NOUN
+# and the course's run settings are kept for the next notebooks (WORK/course.json). A setting left None takes the
+# environment's value (DBTUTOR_PROFILE, DBTUTOR_NB_<NAME>), else an earlier notebook's, else the profile's (in
+# brackets).
 PROFILE = None
 SUBJECT_DIR = None        # your own photos: a folder of 3-5 images of one subject
 CLASS_NOUN = None         # what they show: "dog", "backpack", ... (toy ball, sd15 dog)
-WORK_ON_DRIVE = False     # Colab: keep class images and runs in Google Drive, across notebooks and disconnects
+WORK_ON_DRIVE = None      # Colab: None keeps class images, runs and these choices in Google Drive; False: not
+# the course's runs: a value set here is used by the next notebooks too, so they find the runs made with it
+MAX_STEPS = None          # trainer.max_steps: training steps of every run (toy 500, sd15 400)
 # this notebook
-MAX_STEPS = None          # trainer.max_steps, for the cost over a whole run (toy 500, sd15 400)
 TIMING_REPEATS = 10       # repeats of each timed call in section 3
 
 # %%
 from dbtutor import course
 
-C = course.setup(PROFILE, drive=WORK_ON_DRIVE, subject_dir=SUBJECT_DIR, class_noun=CLASS_NOUN, max_steps=MAX_STEPS)
+C = course.setup(PROFILE, WORK_ON_DRIVE, SUBJECT_DIR, CLASS_NOUN, max_steps=MAX_STEPS)
 CACHE_DEMO = C.work / "cache_demo"          # a scratch folder, rebuilt on every run
 
 # %% [markdown]

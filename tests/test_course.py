@@ -16,7 +16,8 @@ from conftest import DOG6, SUBJECT
 
 @pytest.fixture
 def work(tmp_path, monkeypatch):
-    for name in ("DBTUTOR_PROFILE", "DBTUTOR_PRETRAINED", "DBTUTOR_NB_MAX_STEPS", "DBTUTOR_NB_DTYPE"):
+    for name in ("DBTUTOR_PROFILE", "DBTUTOR_PRETRAINED", "DBTUTOR_NB_MAX_STEPS", "DBTUTOR_NB_DTYPE",
+                 "DBTUTOR_ALLOW_CPU"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DBTUTOR_NB_WORK", str(tmp_path / "work"))
     return tmp_path / "work"
@@ -57,16 +58,101 @@ def test_the_overrides_are_a_valid_training_config(work, profile):
 
 
 def test_a_choice_made_in_one_notebook_reaches_the_next(work, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("DBTUTOR_ALLOW_CPU", "1")
     photos = tmp_path / "photos"
     course.setup("sd15", subject_dir=photos, class_noun="backpack")
-    assert "profile sd15" in capsys.readouterr().out
+    assert "profile sd15 (this notebook)" in capsys.readouterr().out
     assert json.loads((work / course.CHOICE_FILE).read_text())["profile"] == "sd15"
     nxt = course.setup()                                      # a later notebook, PROFILE = None
     assert nxt.profile == "sd15" and nxt.subject_dir == photos and nxt.class_noun == "backpack"
     assert nxt.sources["subject_dir"] == "an earlier notebook"
+    assert "profile sd15 (an earlier notebook)" in capsys.readouterr().out
+    course.setup(subject_dir=tmp_path / "other")              # its class noun is still the one chosen before
+    assert "set CLASS_NOUN" not in capsys.readouterr().out
     monkeypatch.setenv("DBTUTOR_PROFILE", "toy")              # the environment wins over the remembered choice
     assert course.setup().profile == "toy"
-    assert course.setup().class_noun == "ball"                # a photo folder is remembered for its profile only
+    course.setup(subject_dir=photos)                          # photos, and the toy profile's "ball" for them
+    assert "SUBJECT_DIR is your folder: set CLASS_NOUN to what it shows (now 'ball')" in capsys.readouterr().out
+    assert course.setup().class_noun == "ball"                # "backpack" was chosen for sd15 only
+
+
+def test_the_settings_that_name_a_run_set_in_one_notebook_are_the_next_ones(work, monkeypatch, capsys):
+    """MAX_STEPS set in 02 is 05's, 06's and 07's too: the same overrides, so the same run folder (no retraining);
+    remembered per profile; a setting that only changes what a notebook shows is not remembered; the environment
+    and the next cell still win, and the printed lines say where each value came from."""
+    monkeypatch.setenv("DBTUTOR_ALLOW_CPU", "1")
+    first = course.setup("sd15", max_steps=7, lr=3e-5, samples_per_prompt=2)
+    later = course.setup()
+    assert (later.max_steps, later.lr, later.samples_per_prompt) == (7, 3e-5, 4)
+    assert later.sources["max_steps"] == later.sources["lr"] == "an earlier notebook"
+    assert later.overrides == first.overrides
+    out = capsys.readouterr().out
+    assert "lr=3e-05, max_steps=7, samples_per_prompt=2 (this notebook)" in out
+    assert "lr=3e-05, max_steps=7 (an earlier notebook)" in out
+    assert course.setup("toy").max_steps == 500               # each profile keeps its own values
+    assert course.setup("sd15").max_steps == 7
+    monkeypatch.setenv("DBTUTOR_NB_MAX_STEPS", "9")
+    assert course.settings().max_steps == 9 and course.settings().sources["max_steps"] == "environment"
+    monkeypatch.delenv("DBTUTOR_NB_MAX_STEPS")
+    assert course.setup(max_steps=11).max_steps == 11 and course.settings().max_steps == 11
+    kept = json.loads((work / course.CHOICE_FILE).read_text())
+    assert kept["settings"]["sd15"] == {"max_steps": 11, "lr": 3e-5} and kept["profile"] == "sd15"
+    before = (work / course.CHOICE_FILE).stat().st_mtime_ns
+    course.setup(max_steps=11)                                # nothing new: the file is not written again
+    assert (work / course.CHOICE_FILE).stat().st_mtime_ns == before
+
+
+def test_the_remembered_settings_are_exactly_those_that_name_a_run(work):
+    """choices.NAMES_A_RUN is checked against the run folder itself: each setting of the course changed alone, a
+    setting names a run if and only if its run folder (course.run_dir) changes."""
+    from dbtutor.choices import NAMES_A_RUN
+
+    def other(value):
+        if isinstance(value, bool):
+            return not value
+        if isinstance(value, (int, float)):
+            return value * 2 + 8
+        if isinstance(value, course.Path):
+            return DOG6
+        return {"dpm": "ddim"}.get(value, value + "x")
+
+    base = course.run_dir(work, course.run_config(course.settings("toy").overrides, work))
+    naming = set()
+    for key, value in course.PROFILES["toy"].items():
+        c = course.settings("toy", **{key: other(value)})
+        if course.run_dir(work, course.run_config(c.overrides, work)) != base:
+            naming.add(key)
+    assert naming == set(NAMES_A_RUN)
+
+
+def test_a_damaged_choice_file_is_one_line_naming_it(work):
+    work.mkdir(parents=True)
+    (work / course.CHOICE_FILE).write_text("{")
+    with pytest.raises(ConfigError, match=r"course\.json cannot be read .*delete it"):
+        course.settings()
+    (work / course.CHOICE_FILE).write_text('{"profile": "sd15", "settings": {"sd15": {"max_steps": "many"}}}')
+    with pytest.raises(ConfigError, match=r"course\.json: sd15 max_steps='many' is not a valid int"):
+        course.settings()
+
+
+def test_a_gpu_profile_without_a_gpu_stops_in_setup_with_one_line(work, monkeypatch):
+    """sd15 on a CPU would take hours: setup stops with one line naming the GPU runtime (a SystemExit, which a
+    notebook shows as that line, not a traceback), after keeping the choice for the GPU runtime that follows;
+    DBTUTOR_ALLOW_CPU=1 runs it anyway; settings() (display, tools) never refuses; the toy world never needs one."""
+    import torch
+
+    import dbtutor.pipeline
+    with pytest.raises(SystemExit) as stop:
+        course.setup("sd15")
+    msg = str(stop.value)
+    assert "\n" not in msg and "Runtime → Change runtime type → T4 GPU" in msg and "DBTUTOR_ALLOW_CPU=1" in msg
+    assert json.loads((work / course.CHOICE_FILE).read_text())["profile"] == "sd15"
+    assert course.settings().profile == "sd15" and course.setup("toy").profile == "toy"
+    monkeypatch.setenv("DBTUTOR_ALLOW_CPU", "1")
+    assert course.setup("sd15").device.type == "cpu"
+    monkeypatch.delenv("DBTUTOR_ALLOW_CPU")
+    monkeypatch.setattr(dbtutor.pipeline, "pick_device", lambda device="auto": torch.device("mps"))
+    assert course.setup("sd15").device.type == "mps"
 
 
 def test_sd15_on_a_gpu_takes_the_memory_settings_for_that_card(work, monkeypatch):

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 NAME = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
+HEAD = ("PROFILE", "WORK_ON_DRIVE", "SUBJECT_DIR", "CLASS_NOUN")    # course.setup's first arguments, in this order
+COURSE_BLOCK, OWN_BLOCK = "# the course's runs:", "# this notebook"   # the parameters cell's two parts after HEAD
 
 
 def load(path: Path) -> dict:
@@ -78,9 +80,10 @@ def test_required_opening_cells(path):
     tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert tagged == [3], f"{path.name}: exactly one parameters cell (found at {tagged})"
     p = text(params)
-    for name in ("PROFILE", "SUBJECT_DIR", "CLASS_NOUN", "WORK_ON_DRIVE"):
+    for name in HEAD:
         assert re.search(rf"^{name} = ", p, re.M), f"{path.name}: the parameters cell must set {name}"
-    assert "course.setup(PROFILE, drive=WORK_ON_DRIVE" in text(setup), f"{path.name}: cell 4 calls course.setup"
+    assert f"course.setup({', '.join(HEAD)}" in text(setup), \
+        f"{path.name}: cell 4 calls course.setup({', '.join(HEAD)}, ...)"
 
 
 def _params(cell_text: str) -> dict:
@@ -101,10 +104,11 @@ def test_each_setting_the_cell_leaves_to_the_profile_reaches_setup_and_says_its_
     cells = load(path)["cells"]
     params, setup = _params(text(cells[3])), text(cells[4])
     for name, (value, comment) in params.items():
-        if value != "None" or name in ("PROFILE", "SUBJECT_DIR"):
+        if value != "None" or name in ("PROFILE", "SUBJECT_DIR", "WORK_ON_DRIVE"):
             continue
         key = name.lower()
-        assert f"{key}={name}" in setup, f"{path.name}: {name} = None must reach course.setup({key}={name})"
+        assert name in HEAD or f"{key}={name}" in setup, \
+            f"{path.name}: {name} = None must reach course.setup({key}={name})"
         m = re.search(r"\(toy ([^,]+), sd15 ([^)]+)\)", comment)
         assert m, f"{path.name}: {name}'s comment must say its values: (toy X, sd15 Y)"
         for profile, said in zip(("toy", "sd15"), m.groups()):
@@ -137,58 +141,6 @@ def test_code_cells_parse(path):
                 ast.parse(text(cell))
             except SyntaxError as e:
                 pytest.fail(f"{path.name} cell {i}: {e}")
-
-
-def _run_install_cell(monkeypatch, present: set[str]):
-    """Execute notebook 01's install cell as Colab would, with `present` the paths that exist (git clone and unzip
-    make /content/dbtutor); returns the subprocess commands it ran."""
-    import os
-    import subprocess
-    import sys
-    import types
-    calls = []
-
-    def run(cmd, **kw):
-        calls.append(cmd)
-        if cmd[0] in ("git", "unzip"):
-            present.update({"/content/dbtutor", "/content/dbtutor/pyproject.toml"})
-    monkeypatch.setattr(subprocess, "run", run)
-    monkeypatch.setattr(os.path, "isfile", lambda p: str(p) in present)
-    monkeypatch.setattr(os.path, "isdir", lambda p: str(p) in present)
-    colab = types.ModuleType("google.colab")
-    colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: None)
-    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
-    monkeypatch.setitem(sys.modules, "google.colab", colab)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    exec(text(load(NOTEBOOKS[0])["cells"][2]), {})
-    return calls
-
-
-def test_colab_install_cell_keeps_the_preinstalled_torch(monkeypatch):
-    """With the course in /content/dbtutor the cell installs it with the torch already there pinned: pip never
-    swaps Colab's CUDA build for another."""
-    import importlib.metadata
-    calls = _run_install_cell(monkeypatch, {"/content/dbtutor", "/content/dbtutor/pyproject.toml"})
-    pip = [c for c in calls if c[1:4] == ["-m", "pip", "install"]]
-    assert len(pip) == 1 and "/content/dbtutor" in pip[0]
-    assert f"torch=={importlib.metadata.version('torch')}" in pip[0]
-    assert not [c for c in calls if "clone" in c]
-
-
-def test_colab_install_cell_without_the_course_clones_nothing_and_says_what_to_do(monkeypatch):
-    """No repository URL set (pyproject.toml) and no course uploaded: no clone of anybody's repository, no pip,
-    one line naming the three ways in."""
-    from tools_set_repo_url import read_url
-    assert read_url() == "", "this test is for the state without a URL"
-    with pytest.raises(SystemExit) as e:
-        _run_install_cell(monkeypatch, set())
-    msg = str(e.value)
-    assert "\n" not in msg and "dbtutor.zip" in msg and "Drive" in msg and "REPO" in msg
-
-
-def test_colab_install_cell_unpacks_an_uploaded_zip(monkeypatch):
-    calls = _run_install_cell(monkeypatch, {"/content/dbtutor.zip"})
-    assert calls[0][:2] == ["unzip", "-q"] and any(c[1:4] == ["-m", "pip", "install"] for c in calls)
 
 
 def test_badges_and_install_cells_follow_the_one_repository_url(tmp_path):
@@ -294,8 +246,30 @@ def test_cells_the_notebooks_share_are_identical():
     Drive); the training config itself comes from dbtutor.course, so every notebook trains the same runs."""
     cells = {p.name[:2]: [text(c) for c in load(p)["cells"]] for p in NOTEBOOKS}
     ref = cells["01"]
-    head = ref[3][: ref[3].index("# this notebook")]
+    head = ref[3][: ref[3].index(COURSE_BLOCK)]
     for nb, cs in cells.items():
         assert cs[2] == ref[2], f"notebook {nb}: the Colab install cell differs from 01's (they must be identical)"
         assert cs[3].startswith(head), f"notebook {nb}: the parameters cell must start as 01's does"
         assert "overrides = {" not in "\n".join(cs), f"notebook {nb}: training configs come from C.overrides"
+
+
+def test_the_settings_that_name_a_run_are_the_courses_in_every_parameters_cell():
+    """A parameter for a setting that names a run (dbtutor.choices.NAMES_A_RUN: setup keeps it for the next
+    notebooks) sits in the cell's course block, on the same line in every notebook that shows it; the notebook's own
+    settings sit below "# this notebook". So a learner sees which values the next notebooks follow."""
+    from dbtutor.choices import REMEMBERED
+    lines: dict[str, set] = {}
+    for path in NOTEBOOKS:
+        cell = text(load(path)["cells"][3])
+        assert cell.count(COURSE_BLOCK) == 1 and cell.count(OWN_BLOCK) == 1 and \
+            cell.index(COURSE_BLOCK) < cell.index(OWN_BLOCK), f"{path.name}: the parameters cell needs both blocks"
+        course_part = cell[cell.index(COURSE_BLOCK):cell.index(OWN_BLOCK)]
+        own_part = cell[cell.index(OWN_BLOCK):]
+        for name in _params(course_part):
+            assert name.lower() in REMEMBERED, f"{path.name}: {name} is this notebook's, not the course's: move it"
+            lines.setdefault(name, set()).add(next(ln for ln in course_part.splitlines() if ln.startswith(name + " ")))
+        for name in _params(own_part):
+            assert name.lower() not in REMEMBERED, f"{path.name}: {name} names a run: it belongs to the course block"
+    assert lines, "no notebook shows a setting of the course's runs"
+    for name, seen in lines.items():
+        assert len(seen) == 1, f"{name} is written differently in different notebooks: {sorted(seen)}"
