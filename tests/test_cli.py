@@ -103,3 +103,27 @@ def test_launch_commands_parse_in_accelerate_and_dbtutor():
         assert rest == args                                     # the overrides survive the shell quoting
         parsed = build_parser().parse_args(rest)
         assert load_config(parsed.config, parsed.overrides).model.prior_loss_weight == 0.5
+
+
+def test_every_help_page_says_what_each_option_does_and_its_default():
+    """`dbtutor COMMAND --help`: a description, a help text for every option naming its default (when it has one),
+    and an override example made of config keys that command reads (sampling keys for sample)."""
+    import argparse
+
+    from dbtutor import load_config
+    from dbtutor.cli import EXAMPLES, build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        assert p.description, name
+        for action in p._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, (name, action.dest)
+            if action.default not in (None, False, argparse.SUPPRESS) and action.dest != "overrides":
+                assert "%(default)s" in action.help or "(the default)" in action.help, (name, action.dest)
+        if any(a.dest == "overrides" for a in p._actions):
+            load_config(overrides=EXAMPLES[name].split())          # valid keys and values
+            assert EXAMPLES[name] in " ".join(p.format_help().split()), name          # shown, whole
+    assert all(k.startswith("model.sampling.") for k in (kv.split("=")[0] for kv in EXAMPLES["sample"].split()))
+    sample_help = sub.choices["sample"].format_help()
+    assert "(default: 4)" in sample_help and "prior_loss_weight" not in sample_help
