@@ -3,6 +3,7 @@ naming the option or key). Small pieces (counts, seeds, files and folders that w
 command's checks: its own options, and the output folders its config names."""
 from __future__ import annotations
 
+import argparse
 import io
 import math
 import os
@@ -44,6 +45,16 @@ def number(value, option: str, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not math.isfinite(x) or x < minimum:
         raise ConfigError(f"{option} {value!r}: give a finite number of at least {minimum:g}")
     return x
+
+
+def csv_list(kind):
+    """argparse type for a comma-separated list (a space-separated one would swallow the key=value overrides)."""
+    def parse(text):
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of {kind.__name__}") from None
+    return parse
 
 
 def writable_file(path, option: str) -> Path:

@@ -35,16 +35,6 @@ def _common(p, command: str):
                                                 "docs/configuration.md)")
 
 
-def _csv(kind):
-    """argparse type for a comma-separated list (a space-separated one would swallow the key=value overrides)."""
-    def parse(text):
-        try:
-            return [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of {kind.__name__}") from None
-    return parse
-
-
 def cmd_train(args, cfg):
     from .train import train
     res = train(cfg)
@@ -52,13 +42,23 @@ def cmd_train(args, cfg):
         return
     if not res.saved:                           # train() said so: nothing to train
         return
-    h = res.history[-1] if res.history else {}
-    print(f"trained {len(res.history)} steps in {res.seconds:.0f} s; last instance loss "
+    h, t = (res.history[-1] if res.history else {}), res.times
+    steps = len(res.history) - res.start
+    which = f" ({res.start + 1} to {len(res.history)}; the first {res.start} before)" if res.start else ""
+    print(f"trained {steps} steps{which} in {_duration(t['training'])}; last instance loss "
           f"{h.get('instance_loss', float('nan')):.4f}, prior loss {h.get('prior_loss', float('nan')):.4f}")
+    rest = res.seconds - sum(t.values())
+    print(f"time: class images {_duration(t['class_images'])}, latent cache {_duration(t['latent_cache'])}, training "
+          f"{_duration(t['training'])}, saving {_duration(t['saving'])}, loading and the rest {_duration(rest)}; "
+          f"{_duration(res.seconds)} in all")
     print(f"saved the pipeline to {res.output_dir}")
     strip = Path(res.output_dir) / "validation" / "strip.png"
     if cfg.trainer.validation.every and strip.exists():
         print(f"samples along the way (trainer.validation): {strip}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 59.5 else f"{int(seconds + 0.5) // 60} min {int(seconds + 0.5) % 60} s"
 
 
 def cmd_generate_reg(args, cfg):
@@ -231,10 +231,10 @@ def build_parser():
             p.add_argument("--out", default=None, help="JSON file (default: output_dir/eval.json)")
         if name == "ablate":
             p.add_argument("--quick", action="store_true", help="one subject, one seed, 30 steps: checks the machinery")
-            p.add_argument("--subjects", type=_csv(str), default=None,
+            p.add_argument("--subjects", type=A.csv_list(str), default=None,
                            help="comma-separated subject folders of data/subjects (default: all)")
-            p.add_argument("--seeds", type=_csv(int), default=None, help="training seeds, e.g. 0,1,2 (the default)")
-            p.add_argument("--weights", type=_csv(float), default=None,
+            p.add_argument("--seeds", type=A.csv_list(int), default=None, help="training seeds, e.g. 0,1,2 (the default)")
+            p.add_argument("--weights", type=A.csv_list(float), default=None,
                            help="prior_loss_weight values; 0 = without prior preservation (default: 0,0.25,1)")
             p.add_argument("--steps", type=int, default=None, help="training steps per run (default: trainer.max_steps)")
             p.add_argument("--num-samples", type=int, default=None, help="samples per subject prompt (default 4)")

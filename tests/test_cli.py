@@ -127,3 +127,33 @@ def test_every_help_page_says_what_each_option_does_and_its_default():
     assert all(k.startswith("model.sampling.") for k in (kv.split("=")[0] for kv in EXAMPLES["sample"].split()))
     sample_help = sub.choices["sample"].format_help()
     assert "(default: 4)" in sample_help and "prior_loss_weight" not in sample_help
+
+
+@pytest.mark.slow
+def test_the_summary_states_class_images_cache_and_training_apart(tiny_config, monkeypatch, capsys):
+    """`dbtutor train`'s summary: each part's seconds where they were spent (made measurable by slowing one part
+    at a time by a known amount), and a resumed run counts only the steps it trained."""
+    import importlib
+    import re
+    import time
+
+    from dbtutor.cli import cmd_train
+    T = importlib.import_module("dbtutor.train")
+
+    def slowed(fn, seconds):
+        def wrapper(*a, **k):
+            time.sleep(seconds)
+            return fn(*a, **k)
+        return wrapper
+    monkeypatch.setattr(T, "generate_regularization", slowed(T.generate_regularization, 0.6))
+    monkeypatch.setattr(T, "LatentSource", slowed(T.LatentSource, 0.2))        # two sources: instance, class
+    settings = {"trainer.validation.every": 0, "model.sampling.card_seeds": 0, "trainer.checkpoint_every": 0}
+    res = T.train(tiny_config(**{"trainer.max_steps": 2, **settings}))
+    assert res.start == 0 and len(res.history) == 2
+    assert 0.6 <= res.times["class_images"] < 1.0 and 0.4 <= res.times["latent_cache"] < 0.6
+    assert res.times["training"] < 0.6 and sum(res.times.values()) <= res.seconds
+    cmd_train(None, tiny_config(**{"trainer.max_steps": 4, **settings}))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("trained", "time:"))]
+    assert lines[0].startswith("trained 2 steps (3 to 4; the first 2 before) in ")
+    assert re.fullmatch(r"time: class images 1 s, latent cache \d+ s, training \d+ s, saving \d+ s, loading and the "
+                        r"rest \d+ s; \d+ s in all", lines[1]), lines[1]
