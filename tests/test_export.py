@@ -249,15 +249,16 @@ def test_cli_export_writes_atomically(sd15_run, tmp_path, capsys):
 
 OFFLINE_SCRIPT = """
 import os, sys
-for i, code in enumerate(sys.argv[1:]):
+out = os.getcwd()
+for i, (folder, code) in enumerate(zip(sys.argv[1::2], sys.argv[2::2])):
+    os.chdir(folder)                                  # where the card says to run it: the run's folder
     exec(code, {})
-    os.replace("sample.png", f"{i}.png")
+    os.replace("sample.png", os.path.join(out, f"{i}.png"))
 """
 
 
 def card_code(run) -> str:
     """The diffusers code of the run's model card, as a user would paste it."""
-    import re
     text = (Path(run) / "README.md").read_text()
     return re.search(r"## Use it with diffusers\n\n```python\n(.*?)```", text, re.S)[1]
 
@@ -265,25 +266,33 @@ def card_code(run) -> str:
 @pytest.mark.slow
 @pytest.mark.versions
 def test_what_the_card_says_works_offline(sd15_run, tmp_path):
-    """The model card's loading code for a LoRA and a full run, and the from_single_file line it gives for the
-    exported file, run with HF_HUB_OFFLINE=1 (diffusers 0.30 refuses load_lora_weights(folder) offline without
-    weight_name), in a fresh process: each draws what dbtutor draws from the run."""
-    import re
+    """The model card's loading code for a LoRA and a full run, and the export command and from_single_file line it
+    gives, run as the card says (in the run's folder; the full run moved elsewhere first), with HF_HUB_OFFLINE=1
+    (diffusers 0.30 refuses load_lora_weights(folder) offline without weight_name), in fresh processes: each draws
+    what dbtutor draws from the run. The cards name no folder of this machine."""
+    import shutil
 
     from PIL import Image
 
     from dbtutor.pipeline import load_pipeline, sample
     lora = sd15_run("lora_True", **{"model.lora.rank": 4, "model.lora.alpha": 8, "optim.lr": 1e-2,
                                     "model.train_text_encoder": True})
-    full = sd15_run("full", **{"model.train_text_encoder": True})
-    exported = tmp_path / "sks_ball.safetensors"
-    export(full, exported)
-    single = re.search(r"`(StableDiffusionPipeline\.from_single_file\(.*?\))`", (full / "README.md").read_text())[1]
-    assert f"config={str(full)!r}" in single
-    single_code = card_code(full).replace(f"StableDiffusionPipeline.from_pretrained({str(full)!r})", single)
-    assert single_code != card_code(full)
+    full = shutil.copytree(sd15_run("full", **{"model.train_text_encoder": True}), tmp_path / "moved" / "full")
+    for run in (lora, full):
+        text = (run / "README.md").read_text()
+        assert not any(str(p) in text for p in (tmp_path, lora.parent, full.parent, ROOT)), run
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT, card_code(lora), card_code(full), single_code],
+    export_line = re.search(r"```bash\n(dbtutor export .*?)\s+#", (full / "README.md").read_text())[1]
+    assert export_line == "dbtutor export . --out sks_ball.safetensors"
+    done = subprocess.run([sys.executable, "-m", *export_line.split()], cwd=full, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and (full / "sks_ball.safetensors").exists(), done.stderr[-2000:]
+    single = re.search(r"`(StableDiffusionPipeline\.from_single_file\(.*?\))`", (full / "README.md").read_text())[1]
+    assert single == "StableDiffusionPipeline.from_single_file('sks_ball.safetensors', config='.')"
+    single_code = card_code(full).replace("StableDiffusionPipeline.from_pretrained('.')", single)
+    assert single_code != card_code(full)
+    done = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT, str(lora), card_code(lora), str(full),
+                           card_code(full), str(full), single_code],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     for i, run in enumerate((lora, full, full)):
