@@ -193,8 +193,7 @@ def card_text(folder, cfg, history: list, evaluation: dict | None = None, name: 
     from .prompts import split_prompts
     m, d, o, t = cfg.model, cfg.model.data, cfg.optim, cfg.trainer
     folder = Path(folder)
-    lora = bool(m.lora.rank)
-    merged = (folder / "model_index.json").exists()
+    lora, merged = bool(m.lora.rank), (folder / "model_index.json").exists()
     where, base = (name if hub and name else "."), str(m.pretrained)
     base_id, (shown, code_base, note) = hub_id(base), base_names(base, None if hub else (name or str(folder)))
     local = where.split("/")[-1] if hub else "."      # where `dbtutor export` finds the run's files: a download's
