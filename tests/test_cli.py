@@ -157,3 +157,24 @@ def test_the_summary_states_class_images_cache_and_training_apart(tiny_config, m
     assert lines[0].startswith("trained 2 steps (3 to 4; the first 2 before) in ")
     assert re.fullmatch(r"time: class images 1 s, latent cache \d+ s, training \d+ s, saving \d+ s, loading and the "
                         r"rest \d+ s; \d+ s in all", lines[1]), lines[1]
+
+
+def test_eval_measures_a_run_whose_card_cannot_be_rewritten(monkeypatch, capsys):
+    """eval.json is written elsewhere (output_dir or --out); a run folder that refuses the card's rewrite (read-only
+    media) costs a warning, not the measurement."""
+    import argparse
+
+    import dbtutor.card
+    import dbtutor.evaluate
+    from dbtutor import load_config
+    from dbtutor.cli import cmd_eval
+
+    def read_only(run):
+        raise PermissionError(13, "Read-only file system")
+    monkeypatch.setattr(dbtutor.evaluate, "eval_command", lambda cfg, **k: None)
+    monkeypatch.setattr(dbtutor.card, "refresh_card", read_only)
+    args = argparse.Namespace(model="/media/run", backend="auto", num_samples=2, class_samples=2, seed=0, judge=None,
+                              clip_model="c", dino_model="d", out=None)
+    with pytest.warns(UserWarning, match=r"model card of /media/run was not updated \(Read-only file system\)"):
+        cmd_eval(args, load_config())
+    assert "updated the model card" not in capsys.readouterr().out
