@@ -3,12 +3,16 @@
 Written into every saved run (checkpoint.save_pipeline, atomic with the pipeline) from the run's own
 dreambooth.yaml and history.json, with a small sample grid (samples.png), the evaluation's numbers once
 `dbtutor eval` has measured this very run (eval.json carries the run's stamp), how to load the run in diffusers
-and in the web UIs, and the base model's license. Nothing here needs the merged pipeline of a LoRA run.
+and in the web UIs, and the base model's license. huggingface_hub's ModelCard and ModelCardData write the header,
+as diffusers' training scripts do. A card names no folder of this machine: its code runs in the run's folder
+(paths relative to it, like the card's own links) or, on the Hub, loads the repo id; the base model goes by its
+hub id, else its path in the project (data/models/toyworld). Nothing here needs the merged pipeline of a LoRA run.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -58,24 +62,47 @@ def base_license(pretrained: str) -> tuple[str, str]:
     folder = Path(str(pretrained)).expanduser()
     if folder.is_dir() and folder.resolve() == TOY.resolve():
         return "mit", LICENSE_TEXT["mit"]
-    meta = _front_matter(folder / CARD) if folder.is_dir() else {}
-    lic = meta.get("license") or LICENSES.get(hub_id(pretrained) or "")
+    lic = (card_metadata(folder / CARD).get("license") if folder.is_dir() else None) or LICENSES.get(hub_id(pretrained) or "")
     if not lic:
         return "other", "see the base model's card"
     return str(lic), LICENSE_TEXT.get(str(lic), f"{lic} (see the base model's card)")
 
 
-def _front_matter(path: Path) -> dict:
+def card_metadata(path: Path) -> dict:
+    """A model card's YAML header as huggingface_hub reads it ({} without a readable one)."""
+    from huggingface_hub import ModelCard
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
+        if not Path(path).read_text(encoding="utf-8").startswith("---"):
+            return {}                                 # no header (huggingface_hub would log that it found none)
+        return ModelCard.load(path, ignore_metadata_errors=True).data.to_dict()
+    except (OSError, ValueError, yaml.YAMLError):
         return {}
-    m = re.match(r"---\s*\n(.*?)\n---\s*\n", text, re.S)
+
+
+def base_names(pretrained: str, at: str | None) -> tuple[str, str, str]:
+    """How the card names the base model: (in its text, in its code, a comment for that line of code). By hub id
+    where one is known; else in the text its path in the project (or its folder's name), and in the code its path
+    relative to the run folder `at` (the card's own folder), or on the Hub (`at` None) its path in the project."""
+    if base_id := hub_id(pretrained):
+        return base_id, base_id, ""
+    folder = Path(str(pretrained)).expanduser().resolve()
+    in_project = folder.is_relative_to(ROOT.resolve())
+    shown = folder.relative_to(ROOT.resolve()).as_posix() if in_project else folder.name
+    what = f"dbtutor's {shown}" if in_project else f"a local folder named {shown}"
+    if at is not None and (rel := _relative(folder, Path(at).expanduser().resolve())):
+        return shown, rel, f"   # the base model: {what}"
+    if at is None and in_project:
+        return shown, shown, f"   # the base model: {what}; run this in the dbtutor folder"
+    return shown, shown, f"   # the base model ({what}): give its path here"
+
+
+def _relative(target: Path, start: Path) -> str | None:
+    """target relative to start; None if they share no folder but the root (the path would spell target out)."""
     try:
-        meta = yaml.safe_load(m[1]) if m else {}
-    except yaml.YAMLError:
-        return {}
-    return meta if isinstance(meta, dict) else {}
+        common = Path(os.path.commonpath([target, start]))
+    except ValueError:                                # another drive
+        return None
+    return None if common == Path(common.anchor) else Path(os.path.relpath(target, start)).as_posix()
 
 
 def grid_prompts(cfg) -> list[str]:
@@ -131,15 +158,16 @@ def _evaluation(run) -> dict | None:
     return res if stamp and isinstance(res, dict) and res.get("run") == stamp else None
 
 
-def _load_code(cfg, run: str, kind: str, base: str) -> str:
+def _load_code(cfg, run: str, kind: str, base: str, note: str, local: bool) -> str:
     """The diffusers lines that load this run, as the card shows them (tests run them offline)."""
     from .lora import WEIGHT_NAME
     s, d = cfg.model.sampling, cfg.model.data
-    lines = ["import torch", "from diffusers import StableDiffusionPipeline"]
+    lines = ["# run this in the run's folder, the one holding this card: its paths are relative to it"] if local else []
+    lines += ["import torch", "from diffusers import StableDiffusionPipeline"]
     if s.scheduler in SCHEDULER_CLASSES:
         lines[-1] += f", {SCHEDULER_CLASSES[s.scheduler]}"
     if kind == "lora":
-        lines += [f"pipe = StableDiffusionPipeline.from_pretrained({base!r})   # the base model",
+        lines += [f"pipe = StableDiffusionPipeline.from_pretrained({base!r}){note or '   # the base model'}",
                   f"pipe.load_lora_weights({run!r}, weight_name={WEIGHT_NAME!r})"]
     else:
         lines += [f"pipe = StableDiffusionPipeline.from_pretrained({run!r})"]
@@ -154,29 +182,30 @@ def _load_code(cfg, run: str, kind: str, base: str) -> str:
 
 def card_text(folder, cfg, history: list, evaluation: dict | None = None, name: str | None = None,
               samples: bool = False, hub: bool = False) -> str:
-    """The model card of the run whose files are in `folder`; the code in it names the run `name` (default: the
-    folder; the final output_dir while the files are still in .pipeline.new, the repo id on the Hub). `hub`: the
-    card goes to the Hub, so its code names the base model by its hub id where one is known."""
+    """The model card of the run whose files are in `folder`, which will be loaded from `name` (default: the
+    folder; the final output_dir while the files are still in .pipeline.new). `hub`: the card goes to the Hub and
+    `name` is the repo id its code loads; otherwise its code runs in the run's folder (see base_names)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .errors import ConfigError
     from .export import NotStableDiffusion, check_architecture, kohya_state
     from .lora import WEIGHT_NAME
     from .prompts import split_prompts
-    from .errors import ConfigError
     m, d, o, t = cfg.model, cfg.model.data, cfg.optim, cfg.trainer
     folder = Path(folder)
-    lora = bool(m.lora.rank)
-    merged = (folder / "model_index.json").exists()
-    where = name or str(folder)
-    base = str(m.pretrained)
-    base_id = hub_id(base)
+    lora, merged = bool(m.lora.rank), (folder / "model_index.json").exists()
+    where, base = (name if hub and name else "."), str(m.pretrained)
+    base_id, (shown, code_base, note) = hub_id(base), base_names(base, None if hub else (name or str(folder)))
+    local = where.split("/")[-1] if hub else "."      # where `dbtutor export` finds the run's files: a download's
+    get = [f"huggingface-cli download {where} --local-dir {local}"] if hub else []
     lic, lic_text = base_license(base)
     try:
         ident, noun = split_prompts(d.instance_prompt, d.regularization_prompt or d.instance_prompt)
     except ConfigError:
         ident, noun = "?", "?"
     tags = ["text-to-image", "diffusers", "stable-diffusion", "stable-diffusion-diffusers", "dreambooth", "dbtutor"]
-    meta = {**({"base_model": base_id} if base_id else {}), "library_name": "diffusers", "license": lic,
-            "instance_prompt": str(d.instance_prompt), "tags": tags + (["lora"] if lora else []),
-            "inference": True}
+    meta = ModelCardData(base_model=base_id, library_name="diffusers", license=lic, tags=tags + (["lora"] if lora else []),
+                         instance_prompt=str(d.instance_prompt), inference=True)
     problem = False
     try:
         if lora:
@@ -196,9 +225,8 @@ def card_text(folder, cfg, history: list, evaluation: dict | None = None, name: 
     last = [h for h in history[-10:] if "instance_loss" in h and "prior_loss" in h]
     loss = (f"instance {sum(h['instance_loss'] for h in last) / len(last):.4f}, prior "
             f"{sum(h['prior_loss'] for h in last) / len(last):.4f} (mean of the last {len(last)} steps)") if last else "-"
-    out = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(), "---", "",
-           f"# DreamBooth: {d.instance_prompt}", "",
-           f"A DreamBooth model ({what}) of `{base}`, trained with dbtutor on photos of one subject: prompts with "
+    out = [f"# DreamBooth: {d.instance_prompt}", "",
+           f"A DreamBooth model ({what}) of `{shown}`, trained with dbtutor on photos of one subject: prompts with "
            f"the identifier **{ident}** before the class word ({noun}) draw it, e.g. \"{d.instance_prompt}\".", ""]
     if samples:
         n = int(m.sampling.get("card_seeds", 2))
@@ -206,7 +234,7 @@ def card_text(folder, cfg, history: list, evaluation: dict | None = None, name: 
                 f"Rows: {', '.join(repr(p) for p in grid_prompts(cfg))}; columns: seeds 0 to {n - 1} "
                 f"({m.sampling.scheduler}, {m.sampling.num_inference_steps} steps, guidance {m.sampling.guidance_scale}).", ""]
     out += ["## Training", "", "| setting | value |", "| --- | --- |",
-            f"| base model | `{base}` |", f"| instance prompt | {d.instance_prompt} |",
+            f"| base model | `{shown}` |", f"| instance prompt | {d.instance_prompt} |",
             f"| class prompt | {d.regularization_prompt or '-'} |", f"| identifier | {ident} (class: {noun}) |",
             f"| prior preservation | {prior} |", f"| method | {what}; trains the {trained} |",
             f"| steps | {len(history)} (trainer.max_steps {t.max_steps}), batch {t.batch_size} |",
@@ -223,8 +251,8 @@ def card_text(folder, cfg, history: list, evaluation: dict | None = None, name: 
                 "| metric | value | better | what |", "| --- | --- | --- | --- |"]
         out += [f"| {k} | {ev[k]:.3f} | {METRICS[k][1] or '-'} | {METRICS[k][0]} |" for k in METRICS if k in ev]
         out += ["", "All numbers and the samples they were measured on: `eval.json`, `eval.png`.", ""]
-    out += ["## Use it with diffusers", "", "```python", _load_code(cfg, where, "lora" if lora else "full", (base_id or base) if hub else base),
-            "```", ""]
+    out += ["## Use it with diffusers", "", "```python",
+            _load_code(cfg, where, "lora" if lora else "full", code_base, note, not hub), "```", ""]
     if lora:
         out += [f"`{WEIGHT_NAME}` holds the adapters alone (stock diffusers format); `weight_name` makes "
                 "`load_lora_weights` work offline too (HF_HUB_OFFLINE=1)."]
@@ -235,23 +263,23 @@ def card_text(folder, cfg, history: list, evaluation: dict | None = None, name: 
         out += [""]
     out += ["## Use it in AUTOMATIC1111's web UI or ComfyUI", ""]
     if problem:
-        out += [f"Not possible: `{base}` is not Stable Diffusion 1.x/2.x's architecture, and the web UIs load only "
+        out += [f"Not possible: `{shown}` is not Stable Diffusion 1.x/2.x's architecture, and the web UIs load only "
                 "those. Use the diffusers folder as above.", ""]
     elif lora:
-        out += ["The web UIs read LoRA files in kohya's layout. Write one with", "", "```bash",
-                f"dbtutor export {where} --out {ident}_{noun}.safetensors", "```", "",
+        out += ["The web UIs read LoRA files in kohya's layout. Write one with", "", "```bash", *get,
+                f"dbtutor export {local} --out {ident}_{noun}.safetensors", "```", "",
                 f"and copy it into `stable-diffusion-webui/models/Lora/` (ComfyUI: `models/loras/`). Load the base "
-                f"model `{base}` as the checkpoint and add the LoRA: in AUTOMATIC1111's prompt "
+                f"model `{shown}` as the checkpoint and add the LoRA: in AUTOMATIC1111's prompt "
                 f"`{d.instance_prompt} <lora:{ident}_{noun}:1>`, in ComfyUI a LoraLoader node.", ""]
     else:
         out += ["The web UIs read one checkpoint file in Stable Diffusion's original layout. Write one with", "",
-                "```bash", f"dbtutor export {where} --out {ident}_{noun}.safetensors   # --half: fp16, half the size",
+                "```bash", *get, f"dbtutor export {local} --out {ident}_{noun}.safetensors   # --half: fp16, half the size",
                 "```", "",
                 "and copy it into `stable-diffusion-webui/models/Stable-diffusion/` (ComfyUI: `models/checkpoints/`), "
                 f"pick it and prompt \"{d.instance_prompt}\". diffusers reads that file too: "
                 f"`StableDiffusionPipeline.from_single_file('{ident}_{noun}.safetensors', config={where!r})`.", ""]
     out += ["## License", "", f"The base model's license applies to this model: {lic_text}.", ""]
-    return "\n".join(out)
+    return str(ModelCard(f"---\n{meta.to_yaml()}\n---\n\n" + "\n".join(out)))
 
 
 def write_card(folder, cfg, history: list, name: str | None = None) -> Path:

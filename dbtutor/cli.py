@@ -21,19 +21,18 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _common(p):
+EXAMPLES = {"train": "model.prior_loss_weight=0.5 trainer.max_steps=200",   # each command's override example:
+            "generate-reg": "model.data.num_reg_images=50",                    # keys it reads
+            "cache": "model.data.resolution=128",
+            "sample": "model.sampling.num_inference_steps=30 model.sampling.scheduler=ddim",
+            "eval": "output_dir=work/runs/another_run",
+            "ablate": "model.data.num_reg_images=100"}
+
+
+def _common(p, command: str):
     p.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/dreambooth.yaml)")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.prior_loss_weight=0.5")
-
-
-def _csv(kind):
-    """argparse type for a comma-separated list (a space-separated one would swallow the key=value overrides)."""
-    def parse(text):
-        try:
-            return [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of {kind.__name__}") from None
-    return parse
+    p.add_argument("overrides", nargs="*", help=f"config keys as key=value, e.g. {EXAMPLES[command]} (every key: "
+                                                "docs/configuration.md)")
 
 
 def cmd_train(args, cfg):
@@ -43,13 +42,23 @@ def cmd_train(args, cfg):
         return
     if not res.saved:                           # train() said so: nothing to train
         return
-    h = res.history[-1] if res.history else {}
-    print(f"trained {len(res.history)} steps in {res.seconds:.0f} s; last instance loss "
+    h, t = (res.history[-1] if res.history else {}), res.times
+    steps = len(res.history) - res.start
+    which = f" ({res.start + 1} to {len(res.history)}; the first {res.start} before)" if res.start else ""
+    print(f"trained {steps} steps{which} in {_duration(t['training'])}; last instance loss "
           f"{h.get('instance_loss', float('nan')):.4f}, prior loss {h.get('prior_loss', float('nan')):.4f}")
+    rest = res.seconds - sum(t.values())
+    print(f"time: class images {_duration(t['class_images'])}, latent cache {_duration(t['latent_cache'])}, training "
+          f"{_duration(t['training'])}, saving {_duration(t['saving'])}, loading and the rest {_duration(rest)}; "
+          f"{_duration(res.seconds)} in all")
     print(f"saved the pipeline to {res.output_dir}")
     strip = Path(res.output_dir) / "validation" / "strip.png"
     if cfg.trainer.validation.every and strip.exists():
         print(f"samples along the way (trainer.validation): {strip}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 59.5 else f"{int(seconds + 0.5) // 60} min {int(seconds + 0.5) % 60} s"
 
 
 def cmd_generate_reg(args, cfg):
@@ -64,11 +73,6 @@ def cmd_cache(args, cfg):
     for name, c in cache_subject_latents(cfg).items():
         print(f"{name}: {len(c['encoded'])} encoded, {len(c['reused'])} reused from the cache")
 
-
-def check_sample(args):
-    A.count(args.num, "--num")
-    A.seed(args.seed, "--seed", args.num)
-    A.figure_file(args.out, "--out")
 
 
 def cmd_sample(args, cfg):
@@ -92,15 +96,6 @@ def cmd_sample(args, cfg):
     print(f"sampled {len(images)} images from {src} into {out}")
 
 
-def check_eval(args):
-    A.count(args.num_samples, "--num-samples", 2)
-    A.count(args.class_samples, "--class-samples", 2)
-    A.seed(args.seed, "--seed", max(args.num_samples, args.class_samples))
-    if args.out is not None:
-        A.writable_file(args.out, "--out")
-    if args.model is not None:
-        A.model(args.model, "--model")
-
 
 def cmd_eval(args, cfg):
     from .evaluate import eval_command
@@ -108,27 +103,14 @@ def cmd_eval(args, cfg):
                  class_samples=args.class_samples, seed=args.seed, judge_dir=args.judge, clip_model=args.clip_model,
                  dino_model=args.dino_model, out=args.out)
     from .card import refresh_card                 # the model card shows the numbers of this very run
-    card = refresh_card(args.model or cfg.output_dir)
+    try:
+        card = refresh_card(args.model or cfg.output_dir)
+    except OSError as e:                           # a read-only run folder: measured all the same
+        warnings.warn(f"the model card of {args.model or cfg.output_dir} was not updated ({e.strerror or e})")
+        return
     if card:
         print(f"updated the model card {card}")
 
-
-def check_ablate(args):
-    for option, value, least in (("--steps", args.steps, 1), ("--num-samples", args.num_samples, 2),
-                                 ("--class-samples", args.class_samples, 2), ("--num-reg-images", args.num_reg_images, 1)):
-        if value is not None:
-            A.count(value, option, least)
-    if args.seeds is not None:
-        A.seeds(args.seeds, "--seeds")
-    if args.weights is not None:
-        if not args.weights:
-            raise DBTutorError("--weights: give at least one prior_loss_weight, e.g. --weights 0,0.25,1")
-        for w in args.weights:
-            A.number(w, "--weights")
-    if args.subjects is not None and not args.subjects:
-        raise DBTutorError("--subjects: give at least one subject folder of data/subjects")
-    if args.work is not None:
-        A.writable_file(Path(args.work) / "results.md", "--work")
 
 
 def cmd_ablate(args, cfg):
@@ -148,8 +130,7 @@ def cmd_fix_layout(args, cfg):
           + " Stable Diffusion's layout, which every supported transformers reads")
 
 
-def check_export(args):
-    A.writable_file(args.out, "--out")
+
 
 
 def cmd_export(args, cfg):
@@ -171,7 +152,6 @@ def cmd_push(args, cfg):
         print(f"uploaded {len(res['files'])} files ({total / 1e6:.1f} MB) to {res['url']}")
 
 
-CHECKS = {"sample": check_sample, "eval": check_eval, "ablate": check_ablate, "export": check_export}   # arguments outside the config
 COMMANDS = {"train": cmd_train, "generate-reg": cmd_generate_reg, "cache": cmd_cache, "sample": cmd_sample,
             "eval": cmd_eval, "ablate": cmd_ablate, "fix-layout": cmd_fix_layout, "export": cmd_export,
             "push": cmd_push}
@@ -196,7 +176,8 @@ def launch_commands(args: list[str], gpus: int = 8, machines: int = 2, main_ip: 
 
 
 def build_parser():
-    ap = _Parser(prog="dbtutor", description="DreamBooth with prior preservation (NeMo's config keys).")
+    ap = _Parser(prog="dbtutor", description="DreamBooth with prior preservation (NeMo's config keys).",
+                 epilog="dbtutor COMMAND --help lists a command's options.")
     sub = ap.add_subparsers(dest="command", required=True)
     for name, help_ in [("train", "generate class images if needed, cache latents, train, save the pipeline"),
                         ("generate-reg", "fill model.data.regularization_dir up to num_reg_images"),
@@ -210,7 +191,7 @@ def build_parser():
                         ("export", "write a run as one .safetensors file for AUTOMATIC1111's web UI and ComfyUI: a "
                                    "Stable Diffusion checkpoint, or a kohya-format LoRA for a LoRA run"),
                         ("push", "upload a run (weights, model card, samples) to the Hugging Face Hub")]:
-        p = sub.add_parser(name, help=help_)
+        p = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".")
         if name in ("export", "push"):
             p.add_argument("run", type=Path, help="a trained run's folder (its output_dir)")
             if name == "export":
@@ -226,31 +207,34 @@ def build_parser():
         if name == "fix-layout":
             p.add_argument("folder", type=Path, help="a diffusers pipeline folder, e.g. data/models/toyworld")
             continue
-        _common(p)
+        _common(p, name)
         if name == "sample":
             p.add_argument("--prompt", action="append", help="a prompt (repeatable); default: the instance prompt")
-            p.add_argument("--num", type=int, default=4, help="images per prompt")
-            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--num", type=int, default=4, help="images per prompt (default: %(default)s)")
+            p.add_argument("--seed", type=int, default=0,
+                           help="the first seed: image i of every prompt uses seed + i (default: %(default)s)")
             p.add_argument("--model", default=None, help="pipeline folder (default: output_dir if trained, else model.pretrained)")
-            p.add_argument("--out", default="work/samples.png")
+            p.add_argument("--out", default="work/samples.png",
+                           help="the grid to write: .png, .jpg, .pdf, .svg, ... (default: %(default)s)")
         if name == "eval":
             from .evaluate import CLIP_MODEL, DINO_MODEL, EVAL_SEED
             p.add_argument("--model", default=None, help="pipeline folder (default: output_dir)")
             p.add_argument("--backend", choices=("auto", "judge", "clip"), default="auto",
-                           help="judge (toy-world subjects) or clip (CLIP + DINOv2); auto picks by subject.json")
-            p.add_argument("--num-samples", type=int, default=4, help="samples per subject prompt")
-            p.add_argument("--class-samples", type=int, default=32, help="samples of the bare class prompt (PRES)")
-            p.add_argument("--seed", type=int, default=EVAL_SEED, help="first sampling seed")
+                           help="judge (toy-world subjects) or clip (CLIP + DINOv2); auto (the default) picks by "
+                                "subject.json")
+            p.add_argument("--num-samples", type=int, default=4, help="samples per subject prompt (default: %(default)s)")
+            p.add_argument("--class-samples", type=int, default=32, help="samples of the bare class prompt (PRES; default: %(default)s)")
+            p.add_argument("--seed", type=int, default=EVAL_SEED, help="first sampling seed (default: %(default)s)")
             p.add_argument("--judge", default=None, help="judge folder (default: data/models/toyworld-judge)")
-            p.add_argument("--clip-model", default=CLIP_MODEL, help="CLIPModel hub id or folder (backend clip)")
-            p.add_argument("--dino-model", default=DINO_MODEL, help="Dinov2Model hub id or folder (backend clip)")
+            p.add_argument("--clip-model", default=CLIP_MODEL, help="CLIPModel hub id or folder (backend clip; default: %(default)s)")
+            p.add_argument("--dino-model", default=DINO_MODEL, help="Dinov2Model hub id or folder (backend clip; default: %(default)s)")
             p.add_argument("--out", default=None, help="JSON file (default: output_dir/eval.json)")
         if name == "ablate":
             p.add_argument("--quick", action="store_true", help="one subject, one seed, 30 steps: checks the machinery")
-            p.add_argument("--subjects", type=_csv(str), default=None,
+            p.add_argument("--subjects", type=A.csv_list(str), default=None,
                            help="comma-separated subject folders of data/subjects (default: all)")
-            p.add_argument("--seeds", type=_csv(int), default=None, help="training seeds, e.g. 0,1,2 (the default)")
-            p.add_argument("--weights", type=_csv(float), default=None,
+            p.add_argument("--seeds", type=A.csv_list(int), default=None, help="training seeds, e.g. 0,1,2 (the default)")
+            p.add_argument("--weights", type=A.csv_list(float), default=None,
                            help="prior_loss_weight values; 0 = without prior preservation (default: 0,0.25,1)")
             p.add_argument("--steps", type=int, default=None, help="training steps per run (default: trainer.max_steps)")
             p.add_argument("--num-samples", type=int, default=None, help="samples per subject prompt (default 4)")
@@ -288,10 +272,12 @@ def main(argv=None):
     if not os.environ.get("DBTUTOR_DEBUG"):
         _quiet(args.command)
     try:
-        if args.command in CHECKS:
-            CHECKS[args.command](args)
+        if args.command in A.CHECKS:
+            A.CHECKS[args.command](args)
         from .config import load_config
         cfg = load_config(args.config, args.overrides) if hasattr(args, "overrides") else None
+        if cfg is not None:
+            A.check_outputs(args.command, args, cfg)
         COMMANDS[args.command](args, cfg)
     except DBTutorError as e:
         _say(f"dbtutor: error: {e}")

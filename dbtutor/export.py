@@ -8,8 +8,8 @@ diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py) and a key 
 
 A LoRA run is exported in kohya's layout, which the web UIs and diffusers' load_lora_weights read:
 lora_unet_<module>.lora_down.weight / .lora_up.weight / .alpha with the module's diffusers path, dots as
-underscores (lora_te_text_model_... for the text encoder). Our adapters have alpha / r folded into B already, so
-each module's alpha is written as its rank (scale 1).
+underscores (lora_te_text_model_... for the text encoder), by diffusers' convert_state_dict_to_kohya and the little
+it lacks for SD 1.x/2.x. Our adapters have alpha / r folded into B, so each module's alpha is its rank (scale 1).
 
 Only Stable Diffusion 1.x/2.x's block structure maps (four UNet levels of two layers, cross-attention in the first
 three; a VAE of four levels): the web UIs recognise nothing else. Widths are free, so a narrow copy of the layout
@@ -224,37 +224,40 @@ def checkpoint_state(run, half: bool = False) -> dict:
 
 SD_ATTENTIONS = {f"down_blocks.{i}.attentions.{j}" for i in range(LEVELS - 1) for j in range(LAYERS)} \
     | {f"up_blocks.{i}.attentions.{j}" for i in range(1, LEVELS) for j in range(LAYERS + 1)} | {"mid_block.attentions.0"}
-_HALVES = ((".lora.down.weight", "down"), (".lora.up.weight", "up"), (".lora_linear_layer.down.weight", "down"),
-           (".lora_linear_layer.up.weight", "up"), (".lora_A.weight", "down"), (".lora_B.weight", "up"))
+PEFT_KEY = re.compile(r"(unet|text_encoder)\.(.+)\.lora_([AB])\.weight")
+TE_SDXL, TE_SD = "lora_te1_", "lora_te_"      # kohya's names of SDXL's first text encoder, and of SD 1.x/2.x's one
 
 
 def kohya_state(run, adapters: dict) -> dict:
-    """pytorch_lora_weights.safetensors (as save_lora writes it: alpha / r folded into B) -> kohya's names, with
-    each module's alpha set to its rank. Refuses adapters whose UNet blocks are not SD's (one line)."""
-    halves: dict[str, dict] = {}
-    for k, v in adapters.items():
-        half = next(((k[:-len(end)], h) for end, h in _HALVES if k.endswith(end)), None)
-        if half is None or not k.startswith(("unet.", "text_encoder.")):
+    """pytorch_lora_weights.safetensors (as save_lora writes it: alpha / r folded into B) -> kohya's layout, through
+    diffusers' own conversions (to PEFT's names, then convert_state_dict_to_kohya, which sets each module's alpha to
+    its rank: scale 1, right for folded weights). What they lack, done here: the checks (adapters dbtutor writes,
+    on SD's attention blocks, both halves of each), the text encoder's SD 1.x/2.x name (they write SDXL's
+    lora_te1_), and alpha as a float, as kohya's files store it (they write an integer)."""
+    from diffusers.utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya, convert_unet_state_dict_to_peft
+    adapters = {re.sub(r"^text_encoder\.(?!text_model\.)", "text_encoder.text_model.", k): v for k, v in adapters.items()}
+    try:
+        peft = convert_all_state_dict_to_peft(convert_unet_state_dict_to_peft(adapters))
+    except ValueError:
+        peft = adapters
+    halves: dict[str, set] = {}
+    for k in peft:
+        if not (m := PEFT_KEY.fullmatch(k)):
             raise DataError(f"{run}: adapter weight {k} is not one dbtutor writes; export reads "
                             "pytorch_lora_weights.safetensors as `dbtutor train` saved it")
-        halves.setdefault(half[0], {})[half[1]] = v
+        halves.setdefault(f"{m[1]}.{m[2]}", set()).add(m[3])
     blocks = {m[1] for name in halves if (m := re.match(r"unet\.(down_blocks\.\d+\.attentions\.\d+|mid_block\."
                                                             r"attentions\.0|up_blocks\.\d+\.attentions\.\d+)\.", name))}
     if blocks and blocks != SD_ATTENTIONS:
         _refuse(run, f"its UNet adapters sit in {len(blocks)} attention blocks, SD's UNet has {len(SD_ATTENTIONS)}")
-    out = {}
     for module, pair in sorted(halves.items()):
-        if set(pair) != {"down", "up"}:
-            raise DataError(f"{run}: adapter {module} lacks its {'up' if 'down' in pair else 'down'} half: the file "
+        if pair != {"A", "B"}:
+            raise DataError(f"{run}: adapter {module} lacks its {'up' if 'A' in pair else 'down'} half: the file "
                             "is damaged; rerun `dbtutor train` (it continues from the last checkpoint)")
-        part, _, path = module.partition(".")
-        if part == "unet":
-            name = "lora_unet_" + path.replace(".", "_")
-        else:
-            name = "lora_te_" + (path if path.startswith("text_model.") else f"text_model.{path}").replace(".", "_")
-        out[f"{name}.lora_down.weight"] = pair["down"].contiguous()
-        out[f"{name}.lora_up.weight"] = pair["up"].contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(pair["down"].shape[0]))
+    out = {}
+    for k, v in convert_state_dict_to_kohya(peft).items():
+        k = TE_SD + k[len(TE_SDXL):] if k.startswith(TE_SDXL) else k
+        out[k] = v.float() if k.endswith(".alpha") else v.contiguous()
     return out
 
 

@@ -41,9 +41,11 @@ def dreambooth_loss(model_pred, target, with_prior_preservation=True, prior_loss
 class TrainResult:
     output_dir: Path
     history: list[dict] = field(default_factory=list)   # per step: step, loss, instance_loss, prior_loss, lr
-    seconds: float = 0.0
+    seconds: float = 0.0                                 # the whole call; its parts in `times`
     pipe: object = None                                  # the trained pipeline, ready to sample
     saved: bool = True                                   # False: output_dir held this finished run already
+    start: int = 0                                       # the step this call began at (resumed: > 0)
+    times: dict = field(default_factory=dict)            # seconds: class_images, latent_cache, training, saving
 
 
 def preflight(cfg):
@@ -112,10 +114,12 @@ def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
         return _train(cfg, accelerator, instance_paths, progress, callback, t0)
 
 
-def _sources(cfg, pipe, instance_paths, accelerator, show) -> tuple[list, list[str], list[Path]]:
+def _sources(cfg, pipe, instance_paths, accelerator, show, times) -> tuple[list, list[str], list[Path]]:
     """Class images made (if missing) and the latent sources of the instance and class images, with the class
-    folder's lock held from counting its images to caching them (the main process holds it for all)."""
+    folder's lock held from counting its images to caching them (the main process holds it for all); the seconds
+    each took go into `times`."""
     d, rank, world = cfg.model.data, accelerator.process_index, accelerator.num_processes
+    t = time.time()
     inst_dir, reg_dir = cached_dirs(cfg)
     with contextlib.ExitStack() as held:
         reg_written = []
@@ -127,12 +131,14 @@ def _sources(cfg, pipe, instance_paths, accelerator, show) -> tuple[list, list[s
             reg_written = generate_regularization(cfg, pipe, rank=rank, world_size=world, progress=show, todo=todo,
                                                   lock=False)
             accelerator.wait_for_everyone()
+        times["class_images"], t = time.time() - t, time.time()
         sources = [LatentSource(cfg, instance_paths, inst_dir, pipe.vae, accelerator)]
         prompts = [d.instance_prompt]
         if cfg.model.with_prior_preservation:
             reg_paths = scan_images(d.regularization_dir, "model.data.regularization_dir")
             sources.append(LatentSource(cfg, reg_paths, reg_dir, pipe.vae, accelerator))
             prompts.append(d.regularization_prompt)
+        times["latent_cache"] = time.time() - t
     return sources, prompts, reg_written
 
 
@@ -181,7 +187,8 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
     vae.requires_grad_(False).eval()
     text_encoder.requires_grad_(bool(m.train_text_encoder))
     unet.requires_grad_(True)
-    sources, prompts, reg_written = _sources(cfg, pipe, instance_paths, accelerator, show)
+    times = {}
+    sources, prompts, reg_written = _sources(cfg, pipe, instance_paths, accelerator, show, times)
     hooks = RunHooks(rank, world, reg_written, sources)
 
     latent_shape = vae_latent_shape(vae, d.resolution)
@@ -212,6 +219,7 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
         unet_p = torch.compile(unet_p)
     from .validation import Validator
     validator = Validator(cfg, pipe, accelerator, start, begin.finished)   # samples along the way, trackers
+    t_loop = time.time()
     validator(start)                            # step 0: the base model (resumed: done already, kept)
     bar = tqdm(range(start, tr.max_steps), initial=start, total=tr.max_steps, desc="train", disable=not show,
                mininterval=1)
@@ -254,8 +262,10 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
         saves.close()
         validator.close()                       # the trackers' files complete, also when training stopped
     bar.close()
+    times["training"], t_save = time.time() - t_loop, time.time()   # the steps, with the samples along the way
     _finish(accelerator, pipe, parts, kept, saves, hooks, validator.made)
-    return TrainResult(out, history, time.time() - t0, pipe, saved=not begin.finished)
+    times["saving"] = time.time() - t_save
+    return TrainResult(out, history, time.time() - t0, pipe, saved=not begin.finished, start=start, times=times)
 
 
 def _finish(accelerator, pipe, parts: dict, kept: dict, saves, hooks, validated: list) -> None:

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 import dbtutor
-from dbtutor.card import CARD, SAMPLES, base_license, hub_id, refresh_card, run_stamp
+from dbtutor.card import CARD, SAMPLES, base_license, base_names, hub_id, refresh_card, run_stamp
 from dbtutor.lora import WEIGHT_NAME
 
 from conftest import ROOT, SUBJECT
@@ -28,7 +28,7 @@ def random_judge(tmp_path):
     return tmp_path / "judge"
 
 
-def test_every_saved_run_has_a_model_card(tiny_config):
+def test_every_saved_run_has_a_model_card(tiny_config, tmp_path):
     cfg = tiny_config(**{"model.prior_loss_weight": 0.5, "optim.lr": 2e-4})
     out = dbtutor.train(cfg).output_dir
     meta, body = front_matter((out / CARD).read_text())
@@ -36,12 +36,16 @@ def test_every_saved_run_has_a_model_card(tiny_config):
     assert meta["instance_prompt"] == "a photo of sks ball" and meta["library_name"] == "diffusers"
     assert "dreambooth" in meta["tags"] and "lora" not in meta["tags"]
     assert meta["license"] == "other" and "base_model" not in meta     # a local random model: no hub id, no license
-    for row in (f"| base model | `{cfg.model.pretrained}` |", "| class prompt | a photo of a ball |",
+    for row in (f"| base model | `{Path(cfg.model.pretrained).name}` |", "| class prompt | a photo of a ball |",
                 "| identifier | sks (class: ball) |", "| prior preservation | yes, λ = 0.5, 6 class images",
                 "| steps | 4 (trainer.max_steps 4)", "| learning rate | 0.0002 (constant", "| precision | 32 |",
                 "| LoRA rank | - (full fine-tuning) |", f"![samples]({SAMPLES})",
-                f"StableDiffusionPipeline.from_pretrained({str(out)!r})", "see the base model's card"):
+                "# run this in the run's folder", "StableDiffusionPipeline.from_pretrained('.')",
+                "see the base model's card"):
         assert row in body, row
+    text = (out / CARD).read_text()                                     # no folder of this machine
+    for folder in (tmp_path, Path(cfg.model.pretrained).parent, ROOT):
+        assert str(folder) not in text, folder
     assert "## Evaluation" not in body
     assert "not Stable Diffusion 1.x/2.x's architecture" in body       # the tiny UNet has no web-UI layout
     from PIL import Image
@@ -56,7 +60,8 @@ def test_a_lora_run_card_and_no_grid(tiny_config):
     assert not (out / "model_index.json").exists() and "merged in" not in body
     assert "lora" in meta["tags"] and not (out / SAMPLES).exists() and "![samples]" not in body
     assert "| prior preservation | no |" in body and "| LoRA rank | 2 |" in body
-    assert f"pipe.load_lora_weights({str(out)!r}, weight_name={WEIGHT_NAME!r})" in body
+    assert f"pipe.load_lora_weights('.', weight_name={WEIGHT_NAME!r})" in body
+    assert "from_pretrained('../../tiny_sd0')   # the base model: a local folder named tiny_sd0" in body
 
 
 def test_licenses_of_base_models(tmp_path):
@@ -136,3 +141,48 @@ def test_a_failing_sample_grid_costs_only_the_grid(tiny_config, monkeypatch):
     with pytest.warns(UserWarning, match="no sample grid in the model card .RuntimeError: CUDA out of memory"):
         out = dbtutor.train(tiny_config(**{"trainer.max_steps": 1, "trainer.validation.every": 0})).output_dir
     assert (out / "model_index.json").exists() and (out / CARD).exists() and not (out / SAMPLES).exists()
+
+
+def test_the_card_names_the_base_model_without_this_machines_folders(tmp_path):
+    """By hub id (also read off a hub cache folder); else in the text by its path in the project, and in the code
+    relative to the run folder, or on the Hub (no run folder) by its path in the project; a folder that shares only
+    the file system's root with the run is named, never spelled out."""
+    toy = ROOT / "data" / "models" / "toyworld"
+    assert base_names(str(toy), str(ROOT / "work" / "runs" / "x")) == \
+        ("data/models/toyworld", "../../../data/models/toyworld", "   # the base model: dbtutor's data/models/toyworld")
+    shown, code, note = base_names(str(toy), None)                     # the Hub's card: from a dbtutor clone
+    assert shown == code == "data/models/toyworld" and "run this in the dbtutor folder" in note
+    assert base_names("stable-diffusion-v1-5/stable-diffusion-v1-5", str(tmp_path))[:2] == \
+        ("stable-diffusion-v1-5/stable-diffusion-v1-5",) * 2
+    cached = tmp_path / "hub" / "models--runwayml--stable-diffusion-v1-5" / "snapshots" / "abc123"
+    cached.mkdir(parents=True)
+    assert base_names(str(cached), str(tmp_path / "run"))[1] == "runwayml/stable-diffusion-v1-5"
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    assert base_names(str(tmp_path / "models" / "mine"), str(tmp_path / "runs" / "a"))[1] == "../../models/mine"
+    elsewhere = Path("/proc/self").resolve()                            # shares only / with the run folder
+    shown, code, note = base_names(str(elsewhere), str(tmp_path / "run"))
+    assert shown == code == elsewhere.name and "give its path" in note
+
+
+def test_the_cards_metadata_round_trips_through_huggingface_hub(tiny_config):
+    """huggingface_hub's ModelCard reads back the header dbtutor wrote (the Hub's own parser), and writes the same
+    card again; its metadata are today's keys and values."""
+    from huggingface_hub import ModelCard
+    out = dbtutor.train(tiny_config(**{"model.lora.rank": 2, "trainer.max_steps": 1, "model.sampling.card_seeds": 0,
+                                       "trainer.validation.every": 0, "model.lora.save_merged": False})).output_dir
+    text = (out / CARD).read_text()
+    card = ModelCard.load(out / CARD)
+    meta, body = front_matter(text)
+    assert card.data.to_dict() == meta == {
+        "library_name": "diffusers", "license": "other", "instance_prompt": "a photo of sks ball", "inference": True,
+        "tags": ["text-to-image", "diffusers", "stable-diffusion", "stable-diffusion-diffusers", "dreambooth",
+                 "dbtutor", "lora"]}
+    assert str(card) == text and card.text.strip() == body.strip()
+    from omegaconf import OmegaConf
+
+    from dbtutor.card import card_text
+    cfg = OmegaConf.load(out / "dreambooth.yaml")
+    cfg.model.pretrained = "stable-diffusion-v1-5/stable-diffusion-v1-5"   # a hub base model adds base_model
+    (out / "hub.md").write_text(card_text(out, cfg, json.loads((out / "history.json").read_text())))
+    assert ModelCard.load(out / "hub.md").data.to_dict() == {
+        **meta, "base_model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "license": "creativeml-openrail-m"}

@@ -103,3 +103,78 @@ def test_launch_commands_parse_in_accelerate_and_dbtutor():
         assert rest == args                                     # the overrides survive the shell quoting
         parsed = build_parser().parse_args(rest)
         assert load_config(parsed.config, parsed.overrides).model.prior_loss_weight == 0.5
+
+
+def test_every_help_page_says_what_each_option_does_and_its_default():
+    """`dbtutor COMMAND --help`: a description, a help text for every option naming its default (when it has one),
+    and an override example made of config keys that command reads (sampling keys for sample)."""
+    import argparse
+
+    from dbtutor import load_config
+    from dbtutor.cli import EXAMPLES, build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        assert p.description, name
+        for action in p._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, (name, action.dest)
+            if action.default not in (None, False, argparse.SUPPRESS) and action.dest != "overrides":
+                assert "%(default)s" in action.help or "(the default)" in action.help, (name, action.dest)
+        if any(a.dest == "overrides" for a in p._actions):
+            load_config(overrides=EXAMPLES[name].split())          # valid keys and values
+            assert EXAMPLES[name] in " ".join(p.format_help().split()), name          # shown, whole
+    assert all(k.startswith("model.sampling.") for k in (kv.split("=")[0] for kv in EXAMPLES["sample"].split()))
+    sample_help = sub.choices["sample"].format_help()
+    assert "(default: 4)" in sample_help and "prior_loss_weight" not in sample_help
+
+
+@pytest.mark.slow
+def test_the_summary_states_class_images_cache_and_training_apart(tiny_config, monkeypatch, capsys):
+    """`dbtutor train`'s summary: each part's seconds where they were spent (made measurable by slowing one part
+    at a time by a known amount), and a resumed run counts only the steps it trained."""
+    import importlib
+    import re
+    import time
+
+    from dbtutor.cli import cmd_train
+    T = importlib.import_module("dbtutor.train")
+
+    def slowed(fn, seconds):
+        def wrapper(*a, **k):
+            time.sleep(seconds)
+            return fn(*a, **k)
+        return wrapper
+    monkeypatch.setattr(T, "generate_regularization", slowed(T.generate_regularization, 0.6))
+    monkeypatch.setattr(T, "LatentSource", slowed(T.LatentSource, 0.2))        # two sources: instance, class
+    settings = {"trainer.validation.every": 0, "model.sampling.card_seeds": 0, "trainer.checkpoint_every": 0}
+    res = T.train(tiny_config(**{"trainer.max_steps": 2, **settings}))
+    assert res.start == 0 and len(res.history) == 2
+    assert 0.6 <= res.times["class_images"] < 1.0 and 0.4 <= res.times["latent_cache"] < 0.6
+    assert res.times["training"] < 0.6 and sum(res.times.values()) <= res.seconds
+    cmd_train(None, tiny_config(**{"trainer.max_steps": 4, **settings}))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("trained", "time:"))]
+    assert lines[0].startswith("trained 2 steps (3 to 4; the first 2 before) in ")
+    assert re.fullmatch(r"time: class images 1 s, latent cache \d+ s, training \d+ s, saving \d+ s, loading and the "
+                        r"rest \d+ s; \d+ s in all", lines[1]), lines[1]
+
+
+def test_eval_measures_a_run_whose_card_cannot_be_rewritten(monkeypatch, capsys):
+    """eval.json is written elsewhere (output_dir or --out); a run folder that refuses the card's rewrite (read-only
+    media) costs a warning, not the measurement."""
+    import argparse
+
+    import dbtutor.card
+    import dbtutor.evaluate
+    from dbtutor import load_config
+    from dbtutor.cli import cmd_eval
+
+    def read_only(run):
+        raise PermissionError(13, "Read-only file system")
+    monkeypatch.setattr(dbtutor.evaluate, "eval_command", lambda cfg, **k: None)
+    monkeypatch.setattr(dbtutor.card, "refresh_card", read_only)
+    args = argparse.Namespace(model="/media/run", backend="auto", num_samples=2, class_samples=2, seed=0, judge=None,
+                              clip_model="c", dino_model="d", out=None)
+    with pytest.warns(UserWarning, match=r"model card of /media/run was not updated \(Read-only file system\)"):
+        cmd_eval(args, load_config())
+    assert "updated the model card" not in capsys.readouterr().out

@@ -3,6 +3,7 @@ status 2, nothing written; argparse's own errors (a word where a number goes, an
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +61,27 @@ CASES = [   # (command and arguments, with {t} for the test's folder; words of t
     ("ablate --subjects ,", ["--subjects", "at least one subject"]),
     ("ablate --work {t}/a-file/ablation", ["--work", "cannot be created"]),
     ("fix-layout", ["the following arguments are required: folder"]),
+    # every command that writes where the user says: a folder that is a file, a folder nothing can be written in
+    ("sample --out /proc/x.png", ["--out /proc/x.png", "nothing can be written in /proc"]),
+    ("sample --out /proc/new/x.png", ["--out /proc/new/x.png", "nothing can be written in /proc"]),
+    ("eval --out /proc/eval.json", ["--out /proc/eval.json", "nothing can be written in /proc"]),
+    ("eval output_dir=/proc/run", ["output_dir /proc/run/eval.json", "nothing can be written in /proc"]),
+    ("export {t}/a-folder --out /proc/x.safetensors", ["--out /proc/x.safetensors", "nothing can be written"]),
+    ("export {t}/a-folder --out {t}/a-file/x.safetensors", ["--out", "cannot be created", "a-file is a file"]),
+    ("ablate --work /proc/ablation", ["--work /proc/ablation", "nothing can be written in /proc"]),
+    ("ablate --work {t}/a-file", ["--work {t}/a-file is a file, not a folder"]),
+    ("train output_dir=/proc/run", ["output_dir /proc/run", "nothing can be written in /proc"]),
+    ("train output_dir={t}/a-file/run", ["output_dir {t}/a-file/run", "a-file is a file"]),
+    ("train output_dir={t}/a-file", ["output_dir {t}/a-file is a file, not a folder"]),
+    ("train output_dir={t}/run model.data.regularization_dir=/proc/reg",
+     ["model.data.regularization_dir /proc/reg", "nothing can be written in /proc"]),
+    ("train output_dir={t}/run model.data.cached_reg_dir={t}/a-file/reg",
+     ["model.data.cached_reg_dir {t}/a-file/reg", "a-file is a file"]),
+    ("generate-reg model.data.regularization_dir=/proc/reg", ["model.data.regularization_dir /proc/reg"]),
+    ("generate-reg model.data.regularization_dir={t}/a-file", ["model.data.regularization_dir {t}/a-file is a file"]),
+    ("cache output_dir=/proc/run", ["output_dir /proc/run/latents/instance", "nothing can be written in /proc"]),
+    ("cache model.data.cached_instance_dir={t}/a-file/x", ["model.data.cached_instance_dir {t}/a-file/x"]),
+    ("fix-layout /proc/sys", ["fix-layout /proc/sys", "nothing can be written in /proc/sys"]),
     ("", ["the following arguments are required: command"]),
     ("trian", ["invalid choice: 'trian'"]),
 ]
@@ -67,6 +89,8 @@ CASES = [   # (command and arguments, with {t} for the test's folder; words of t
 
 @pytest.mark.parametrize("args,words", CASES, ids=[c[0].replace("{t}/", "") or "nothing" for c in CASES])
 def test_a_bad_argument_is_one_line_before_any_work(args, words, spots, capsys):
+    if "/proc" in args and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc on this system")
     before = sorted(p.name for p in spots.rglob("*"))
     rc, lines = cli([a.replace("{t}", str(spots)) for a in args.split()], capsys)
     assert rc == 2, lines
@@ -81,8 +105,12 @@ def test_through_the_real_command_line(tmp_path):
     """The same in a fresh process: no usage block, no traceback."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("DBTUTOR_DEBUG", None)
-    for args, words in (["sample", "--num", "0"], "--num 0"), (["sample", "--seed", "x"], "argument --seed"):
-        r = subprocess.run([sys.executable, "-m", "dbtutor", *args, "--out", str(tmp_path / "g.png")],
+    cases = [(["sample", "--num", "0", "--out", str(tmp_path / "g.png")], "--num 0"),
+             (["sample", "--seed", "x", "--out", str(tmp_path / "g.png")], "argument --seed")]
+    if Path("/proc/self").is_dir():              # once sampled, then a traceback from the temporary file
+        cases.append((["sample", "--out", "/proc/x.png"], "nothing can be written in /proc"))
+    for args, words in cases:
+        r = subprocess.run([sys.executable, "-m", "dbtutor", *args],
                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert r.returncode == 2 and len(lines) == 1 and words in lines[0] and "Traceback" not in r.stderr, r.stderr

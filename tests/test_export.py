@@ -1,6 +1,7 @@
 """`dbtutor export`: a run as one file in Stable Diffusion's original layout (or a kohya LoRA) that diffusers loads
 back and draws the same images with; other architectures refused in one line."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -143,6 +144,70 @@ def test_sd2_layout_exports_openclip_keys_and_round_trips(tmp_path):
     assert np.abs(render(single) - render(StableDiffusionPipeline.from_pretrained(run))).max() <= 1e-4
 
 
+def sd_adapters(rank: int = 2, text_encoder: bool = True) -> dict:
+    """Adapters in the layout save_lora writes (diffusers' format: the UNet's .lora.down/.up, the text encoder's
+    .lora_linear_layer.down/.up), one attention projection in each of SD's 16 attention blocks, two in the text
+    encoder (layers 1 and 10: their kohya names sort differently from their diffusers names)."""
+    from dbtutor.export import SD_ATTENTIONS
+    g, out = torch.Generator().manual_seed(0), {}
+    for block in sorted(SD_ATTENTIONS):
+        for half, shape in (("down", (rank, 8)), ("up", (8, rank))):
+            out[f"unet.{block}.transformer_blocks.0.attn1.to_q.lora.{half}.weight"] = torch.randn(shape, generator=g)
+    for layer in (1, 10) if text_encoder else ():
+        for half, shape in (("down", (rank, 8)), ("up", (8, rank))):
+            out[f"text_encoder.text_model.encoder.layers.{layer}.self_attn.q_proj.lora_linear_layer.{half}.weight"] = \
+                torch.randn(shape, generator=g)
+    return out
+
+
+@pytest.mark.parametrize("text_encoder", [False, True])
+def test_the_kohya_file_is_kohyas_sd_layout(text_encoder):
+    """Each module's kohya name is its diffusers path with underscores under lora_unet_ / lora_te_ (kohya's SD 1.x
+    and 2.x prefix), lora_down = the adapter's down half, lora_up = its up half (alpha / r folded in), alpha = rank
+    as a float32 scalar: 1.0 x folded weights, what the run's own adapters compute."""
+    from dbtutor.export import kohya_state
+    adapters = sd_adapters(rank=2, text_encoder=text_encoder)
+    state = kohya_state("run", adapters)
+    want = {}
+    for k, v in adapters.items():
+        module, half = re.fullmatch(r"(.+?)\.(?:lora|lora_linear_layer)\.(down|up)\.weight", k).groups()
+        part, _, path = module.partition(".")
+        name = ("lora_unet_" if part == "unet" else "lora_te_") + path.replace(".", "_")
+        want[f"{name}.lora_{half}.weight"] = v
+        want[f"{name}.alpha"] = torch.tensor(2.0)
+    assert state.keys() == want.keys()
+    for k, v in want.items():
+        assert state[k].dtype == v.dtype and torch.equal(state[k], v), k
+
+
+def test_what_diffusers_conversion_lacks_for_sd1(tmp_path):
+    """The gap export.kohya_state fills over diffusers' conversion: its text-encoder names are SDXL's first encoder's
+    (lora_te1_; kohya's sd-scripts name SD 1.x/2.x's encoder lora_te_, as AUTOMATIC1111 and ComfyUI read it) and its
+    alpha an integer (kohya's files hold a float). Both halves of the assumption it makes: alpha = rank."""
+    from diffusers.utils import (convert_all_state_dict_to_peft, convert_state_dict_to_kohya,
+                                 convert_unet_state_dict_to_peft)
+
+    from dbtutor.export import kohya_state
+    adapters = sd_adapters(rank=2)
+    stock = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(convert_unet_state_dict_to_peft(adapters)))
+    ours = kohya_state("run", adapters)
+    te = sorted(k for k in stock if "_text_model_" in k)
+    assert te and all(k.startswith("lora_te1_") for k in te), "diffusers now names the SD text encoder otherwise: " \
+                                                               "drop the renaming in export.kohya_state"
+    assert {"lora_te_" + k[len("lora_te1_"):] for k in te} == {k for k in ours if "_text_model_" in k}
+    alphas = [v for k, v in stock.items() if k.endswith(".alpha")]
+    assert alphas and all(not v.is_floating_point() and int(v) == 2 for v in alphas)    # rank, as an integer
+    assert {k for k in stock if not k.startswith("lora_te1_")} == {k for k in ours if not k.startswith("lora_te_")}
+    for k, v in stock.items():                        # the rest is the library's, tensor for tensor
+        if not k.endswith(".alpha") and not k.startswith("lora_te1_"):
+            assert torch.equal(ours[k], v), k
+    with pytest.raises(DataError, match="lacks its up half"):
+        kohya_state("run", {k: v for k, v in adapters.items() if not k.endswith("to_q.lora.up.weight")
+                            or "mid_block" not in k})
+    with pytest.raises(DataError, match="is not one dbtutor writes"):
+        kohya_state("run", {**adapters, "unet.conv_in.hada_w1_a": torch.zeros(1)})
+
+
 def test_other_architectures_are_refused_in_one_line(tiny_config, tmp_path):
     toy = ROOT / "data" / "models" / "toyworld"
     out = tmp_path / "x.safetensors"
@@ -184,15 +249,16 @@ def test_cli_export_writes_atomically(sd15_run, tmp_path, capsys):
 
 OFFLINE_SCRIPT = """
 import os, sys
-for i, code in enumerate(sys.argv[1:]):
+out = os.getcwd()
+for i, (folder, code) in enumerate(zip(sys.argv[1::2], sys.argv[2::2])):
+    os.chdir(folder)                                  # where the card says to run it: the run's folder
     exec(code, {})
-    os.replace("sample.png", f"{i}.png")
+    os.replace("sample.png", os.path.join(out, f"{i}.png"))
 """
 
 
 def card_code(run) -> str:
     """The diffusers code of the run's model card, as a user would paste it."""
-    import re
     text = (Path(run) / "README.md").read_text()
     return re.search(r"## Use it with diffusers\n\n```python\n(.*?)```", text, re.S)[1]
 
@@ -200,25 +266,33 @@ def card_code(run) -> str:
 @pytest.mark.slow
 @pytest.mark.versions
 def test_what_the_card_says_works_offline(sd15_run, tmp_path):
-    """The model card's loading code for a LoRA and a full run, and the from_single_file line it gives for the
-    exported file, run with HF_HUB_OFFLINE=1 (diffusers 0.30 refuses load_lora_weights(folder) offline without
-    weight_name), in a fresh process: each draws what dbtutor draws from the run."""
-    import re
+    """The model card's loading code for a LoRA and a full run, and the export command and from_single_file line it
+    gives, run as the card says (in the run's folder; the full run moved elsewhere first), with HF_HUB_OFFLINE=1
+    (diffusers 0.30 refuses load_lora_weights(folder) offline without weight_name), in fresh processes: each draws
+    what dbtutor draws from the run. The cards name no folder of this machine."""
+    import shutil
 
     from PIL import Image
 
     from dbtutor.pipeline import load_pipeline, sample
     lora = sd15_run("lora_True", **{"model.lora.rank": 4, "model.lora.alpha": 8, "optim.lr": 1e-2,
                                     "model.train_text_encoder": True})
-    full = sd15_run("full", **{"model.train_text_encoder": True})
-    exported = tmp_path / "sks_ball.safetensors"
-    export(full, exported)
-    single = re.search(r"`(StableDiffusionPipeline\.from_single_file\(.*?\))`", (full / "README.md").read_text())[1]
-    assert f"config={str(full)!r}" in single
-    single_code = card_code(full).replace(f"StableDiffusionPipeline.from_pretrained({str(full)!r})", single)
-    assert single_code != card_code(full)
+    full = shutil.copytree(sd15_run("full", **{"model.train_text_encoder": True}), tmp_path / "moved" / "full")
+    for run in (lora, full):
+        text = (run / "README.md").read_text()
+        assert not any(str(p) in text for p in (tmp_path, lora.parent, full.parent, ROOT)), run
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT, card_code(lora), card_code(full), single_code],
+    export_line = re.search(r"```bash\n(dbtutor export .*?)\s+#", (full / "README.md").read_text())[1]
+    assert export_line == "dbtutor export . --out sks_ball.safetensors"
+    done = subprocess.run([sys.executable, "-m", *export_line.split()], cwd=full, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and (full / "sks_ball.safetensors").exists(), done.stderr[-2000:]
+    single = re.search(r"`(StableDiffusionPipeline\.from_single_file\(.*?\))`", (full / "README.md").read_text())[1]
+    assert single == "StableDiffusionPipeline.from_single_file('sks_ball.safetensors', config='.')"
+    single_code = card_code(full).replace("StableDiffusionPipeline.from_pretrained('.')", single)
+    assert single_code != card_code(full)
+    done = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT, str(lora), card_code(lora), str(full),
+                           card_code(full), str(full), single_code],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     for i, run in enumerate((lora, full, full)):
