@@ -31,9 +31,10 @@ def quiet():
             log.set_verbosity(level)
 
 
-def locate(pretrained, name: str = "model.pretrained") -> tuple[Path, Path | None]:
+def locate(pretrained, name: str = "model.pretrained", variant: str | None = None) -> tuple[Path, Path | None]:
     """The local folder to check and load, and for a hub id its cache entry (models--org--name). A hub id is
-    fetched as StableDiffusionPipeline.from_pretrained would (only what is missing; offline: the cached copy)."""
+    fetched as StableDiffusionPipeline.from_pretrained would (only what is missing; offline: the cached copy), in
+    `variant` (model.variant: "fp16" fetches SD v1.5's half-size weights) for the parts that have one."""
     text = str(pretrained)
     given = f"{name} {text}" if name.startswith("-") else f"{name}={text}"     # an option, or a config key
     p = Path(text).expanduser()
@@ -58,7 +59,7 @@ def locate(pretrained, name: str = "model.pretrained") -> tuple[Path, Path | Non
     entry = Path(constants.HF_HUB_CACHE) / ("models--" + text.replace("/", "--"))
     try:
         with quiet():
-            folder = StableDiffusionPipeline.download(text, safety_checker=None, feature_extractor=None)
+            folder = StableDiffusionPipeline.download(text, safety_checker=None, feature_extractor=None, variant=variant)
     except Exception as e:          # offline and not cached, a download cut off, no such repository, ...
         if entry.is_dir():
             partial = len(list(entry.glob("blobs/*.incomplete")))
