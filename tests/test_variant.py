@@ -63,6 +63,7 @@ def test_model_variant_is_checked_and_not_a_training_key(tmp_path):
     from dbtutor.same_run import training_config
     cfg = dbtutor.load_config(overrides={"model.variant": "fp16", "output_dir": str(tmp_path)})
     assert cfg.model.variant == "fp16" and "model.variant" not in training_config(cfg)
+    assert dbtutor.load_config(overrides=["model.variant=None", f"output_dir={tmp_path}"]).model.variant is None
     with pytest.raises(ConfigError, match="model.variant=fp16/x must be null"):
         dbtutor.load_config(overrides={"model.variant": "fp16/x", "output_dir": str(tmp_path)})
 
