@@ -70,3 +70,11 @@ def locate(pretrained, name: str = "model.pretrained", variant: str | None = Non
         raise ConfigError(f"{given} is neither a local folder nor reachable on the Hugging Face Hub "
                           f"({type(e).__name__}); use a local pipeline folder such as data/models/toyworld") from None
     return Path(folder), entry
+
+
+def stock_variant(pretrained, variant: str | None) -> str | None:
+    """The `variant` to give diffusers' own from_pretrained for a model dbtutor loads in `variant` (model.variant):
+    it for a hub id (fetched in it) or a folder that has its files, else None (diffusers refuses a variant that a
+    folder has no files of; dbtutor loads the main ones)."""
+    folder = Path(str(pretrained)).expanduser()
+    return variant if variant and (not folder.is_dir() or any(folder.glob(f"*/*.{variant}.*"))) else None
