@@ -110,3 +110,17 @@ def test_a_hub_ids_cached_fp16_download_loads_offline(folders, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "['torch.float32']"
+
+
+def test_the_stock_load_of_a_notebook_asks_for_the_variant_only_where_diffusers_finds_it(folders):
+    """07 loads the base model with diffusers' own from_pretrained(variant=stock_variant(...)): newer diffusers
+    refuses a variant a folder has no files of, and a hub id was fetched in it."""
+    from diffusers import StableDiffusionPipeline
+
+    from dbtutor.model_source import stock_variant
+    assert stock_variant("someone/some-sd", "fp16") == "fp16" and stock_variant("someone/some-sd", None) is None
+    assert stock_variant(folders / "both", "fp16") == "fp16" and stock_variant(folders / "main", "fp16") is None
+    for name in ("both", "fp16", "main"):
+        pipe = StableDiffusionPipeline.from_pretrained(folders / name, variant=stock_variant(folders / name, "fp16"),
+                                                       safety_checker=None, requires_safety_checker=False)
+        assert pipe.unet is not None
