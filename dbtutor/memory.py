@@ -176,8 +176,7 @@ def gpu_settings(total_gib: float | None = None, bnb: bool | None = None, capabi
     gpu = _gpu() if total_gib is None else (total_gib, capability or (7, 5))
     if gpu is None:
         s = Setting(16 if kind == "lora" else 0, False, False, train_text_encoder, "32")
-        return {**overrides(s), "why": f"no CUDA GPU: the CPU's settings (float32 {s.label()}) at the published "
-                                       "learning rate"}
+        return {**overrides(s), "why": f"no CUDA GPU: the CPU's settings ({s.label()}) at the published learning rate"}
     total, cap = gpu
     bnb = _has_bitsandbytes() if bnb is None else bnb
     precision = "bf16" if cap >= (8, 0) else "16"
@@ -203,9 +202,8 @@ def table(cards: dict = CARDS) -> str:
     """Markdown: each setting's parts and estimated peak, and whether gpu_settings would accept it on each card."""
     settings = [Setting(16, False), Setting(16, True), Setting(16, False, False, True), Setting(0, True, True),
                 Setting(0, False, True), Setting(0, True), Setting(0, False), Setting(0, True, True, True),
-                Setting(0, False, False, True),
-                Setting(8, False, False, False, "32"), Setting(0, True, False, False, "32"),
-                Setting(0, False, False, False, "32")]
+                Setting(0, False, False, True), Setting(8, False, False, False, "32"),
+                Setting(0, True, False, False, "32"), Setting(0, False, False, False, "32")]
     head = ["setting (512 px, batch 1+1; fp16/bf16 unless fp32)"] + list(PARTS) + ["estimated peak", "upper"] + \
         [f"{gb} GB ({gib} GiB)" for gb, gib in cards.items()] + ["activations from"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
