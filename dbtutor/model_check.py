@@ -241,8 +241,7 @@ def check_fit(found: dict) -> None:
 
 
 def check_folder(folder: Path, parts=tuple(PARTS), variant: str | None = None) -> None:
-    """Every check above for `parts` of the pipeline folder (weights: `variant`'s where it has them); Damage on the
-    first problem."""
+    """Every check above for `parts` of the folder (`variant`'s weights where it has them); Damage on the first problem."""
     index = check_index(folder)
     found = {}
     for part in parts:
@@ -309,9 +308,8 @@ def _signature(folder: Path, parts) -> tuple:
 
 
 def check_model(pretrained, name: str = "model.pretrained", parts=tuple(PARTS), variant: str | None = None) -> Path:
-    """Check a pipeline folder or hub id (fetched in `variant`, model.variant, where it has one) before loading it;
-    return the local folder to load. ConfigError, in one line, on the first problem. A folder found sound is not
-    read again until one of its files changes."""
+    """Check a pipeline folder or hub id (fetched in `variant`) before loading it; return the local folder to load.
+    ConfigError, in one line, on the first problem. A folder found sound is not read again until a file changes."""
     try:
         folder, entry = locate(pretrained, name, variant)
         key = (_signature(folder, parts), variant)
