@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 def cache_subject_latents(cfg, pipe=None) -> dict:
     """Encode (or reuse) the latents of the instance and class folders named in cfg; returns {'instance', 'regularization'}."""
     from .config import cached_dirs
-    pipe = pipe or load_pipeline(cfg.model.pretrained)
+    pipe = pipe or load_pipeline(cfg.model.pretrained, variant=cfg.model.variant)
     d = cfg.model.data
     inst_dir, reg_dir = cached_dirs(cfg)
     wait = cfg.trainer.wait_for_lock

@@ -113,7 +113,7 @@ def one_run(cfg, ev: dict, judge_dir, keep_models: bool, base: bool = False) -> 
     t0 = time.time()
     if base:
         from .pipeline import load_pipeline
-        pipe, train_s = load_pipeline(cfg.model.pretrained), 0.0
+        pipe, train_s = load_pipeline(cfg.model.pretrained, variant=cfg.model.variant), 0.0
     else:
         from .train import train
         res = train(cfg)
@@ -215,7 +215,7 @@ def ablate(cfg, subjects=None, seeds=None, weights=None, steps=None, work=None, 
     from .evaluate import load_judge_or_fail
     from .pipeline import check_pretrained
     load_judge_or_fail(judge_dir)                      # fail before any training
-    check_pretrained(cfg.model.pretrained)
+    check_pretrained(cfg.model.pretrained, variant=cfg.model.variant)
     variants = [variant_name(w) for w in weights]
     total = len(subjects) * (len(seeds) * len(weights) + 1)
     print(f"ablation: {len(subjects)} subjects x {len(seeds)} seeds x {len(weights)} variants ({', '.join(variants)}) "

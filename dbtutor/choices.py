@@ -13,7 +13,7 @@ CHOICE_FILE = "course.json"
 NAMES_A_RUN = ("pretrained", "subject_dir", "identifier", "class_noun", "resolution", "num_reg_images",
                "num_images_per_prompt", "prior_loss_weight", "train_text_encoder", "lora_rank", "save_merged",
                "gradient_checkpointing", "use_8bit_adam", "sampler_steps", "guidance", "scheduler", "lr", "max_steps",
-               "seed", "checkpoint_every")
+               "seed", "checkpoint_every", "precision", "variant")
 # and course.setup's hub_on_drive: the Hugging Face hub cache in Drive or not
 REMEMBERED = NAMES_A_RUN + ("hub_on_drive",)
 

@@ -81,9 +81,9 @@ def cmd_sample(args, cfg):
     trained = is_run(cfg.output_dir)
     src = args.model or (cfg.output_dir if trained else cfg.model.pretrained)
     if (Path(src) / "model_index.json").exists() or not is_run(src):
-        check_pretrained(src, "--model" if args.model else "output_dir" if trained else "model.pretrained")
+        check_pretrained(src, "--model" if args.model else "output_dir" if trained else "model.pretrained", cfg.model.variant)
     device = pick_device(cfg.trainer.device)
-    pipe = load_trained(src, device=device, dtype=sampling_dtype(device))
+    pipe = load_trained(src, device=device, dtype=sampling_dtype(device), variant=cfg.model.variant)
     s = cfg.model.sampling
     prompts = args.prompt or [cfg.model.data.instance_prompt]
     images, labels = [], []

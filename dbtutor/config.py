@@ -150,6 +150,11 @@ def validate(cfg: DictConfig):
     for key in ("trainer.keep_checkpoints", "trainer.resume", "model.lora.save_merged", "optim.use_8bit_adam"):
         if not isinstance(OmegaConf.select(cfg, key), bool):
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be true or false")
+    if isinstance(cfg.model.variant, str) and cfg.model.variant.lower() in ("none", "null", ""):
+        cfg.model.variant = None                          # as a command line writes a Python None
+    variant = cfg.model.variant
+    if variant is not None and not (isinstance(variant, str) and re.fullmatch(r"[A-Za-z0-9_]+", variant)):
+        raise ConfigError(f"model.variant={variant} must be null (the main weights files) or a variant's name, e.g. fp16")
     wait = cfg.trainer.wait_for_lock
     if not isinstance(wait, (bool, int, float)) or wait < 0:
         raise ConfigError(f"trainer.wait_for_lock={wait} must be false (stop at once), true (wait) or seconds >= 0")

@@ -18,31 +18,30 @@ from .runs import model_tag, run_config, run_dir, train_run  # noqa: F401  (idem
 
 ENV_PREFIX, PROFILE_ENV = "DBTUTOR_NB_", "DBTUTOR_PROFILE"
 ALLOW_CPU_ENV = "DBTUTOR_ALLOW_CPU"      # =1: setup runs a GPU profile on a CPU anyway (CI, a patient learner)
-# Every setting of the course. "toy": the embedded model on any CPU. "sd15": Stable Diffusion v1.5 on a GPU with
-# the DreamBooth paper's dog, at the settings of diffusers' DreamBooth documentation (lr, guidance) made to fit a
-# free Colab session (LoRA, fewer class images and steps: see the README's Colab section); on a GPU the memory
-# settings (LoRA or full fine-tuning, precision, lr) come from dbtutor.memory.gpu_settings for the card found.
+# Every setting of the course. "toy": the embedded model on any CPU. "sd15": Stable Diffusion v1.5 on a GPU with the
+# DreamBooth paper's dog at diffusers' settings (lr, guidance), made to fit a free Colab session (LoRA, fewer class
+# images and steps, 2 validation prompts every 200 steps); on a GPU also its fp16 files and the card's precision.
 PROFILES = {
     "toy": dict(
         pretrained=ROOT / "data/models/toyworld", subject_dir=ROOT / "data/subjects/twotone_ball",
         identifier="sks", class_noun="ball", scene="on the snow", colour="red", resolution=64,
         max_steps=500, lr=1e-4, prior_loss_weight=1.0, train_text_encoder=False, seed=0,
-        num_reg_images=200, num_images_per_prompt=25,
+        num_reg_images=200, num_images_per_prompt=25, variant="", precision="32",
         lora_rank=0, gradient_checkpointing=False, use_8bit_adam=False, save_merged=True, checkpoint_every=0,
         samples_per_prompt=8, sampler_steps=20, guidance=5.0, scheduler="dpm", sample_batch=25,
-        validation_every=100, validation_images=4),
+        validation_every=100, validation_images=4, validation_scene=True),
     "sd15": dict(
         pretrained="stable-diffusion-v1-5/stable-diffusion-v1-5", subject_dir=ROOT / "data/dog6",
         identifier="sks", class_noun="dog", scene="on the beach", colour="black", resolution=512,
         max_steps=400, lr=1e-4, prior_loss_weight=1.0, train_text_encoder=False, seed=0,
-        num_reg_images=50, num_images_per_prompt=4,
+        num_reg_images=50, num_images_per_prompt=4, variant="", precision="32",
         lora_rank=16, gradient_checkpointing=True, use_8bit_adam=False, save_merged=False, checkpoint_every=100,
         samples_per_prompt=4, sampler_steps=25, guidance=7.5, scheduler="dpm", sample_batch=4,
-        validation_every=100, validation_images=2),
+        validation_every=200, validation_images=1, validation_scene=False),
 }
-# the keys gpu_settings() decides on a CUDA machine, as config key -> setting
-GPU_KEYS = {"model.lora.rank": "lora_rank", "model.gradient_checkpointing": "gradient_checkpointing",
-            "optim.use_8bit_adam": "use_8bit_adam", "optim.lr": "lr"}
+# the keys decided on a CUDA machine (gpu_settings, and the fp16 weights), as config key -> setting
+GPU_KEYS = {"model.lora.rank": "lora_rank", "model.gradient_checkpointing": "gradient_checkpointing", "optim.lr": "lr",
+            "optim.use_8bit_adam": "use_8bit_adam", "trainer.precision": "precision", "model.variant": "variant"}
 
 
 def setting(name: str, default):
@@ -105,11 +104,6 @@ class Course:
         return list(range(1000, 1000 + self.samples_per_prompt))
 
     @property
-    def precision(self) -> str:
-        """trainer.precision: the GPU's choice (gpu_settings), else 32."""
-        return self.settings.get("precision", "32")
-
-    @property
     def reg_dir(self) -> Path:
         noun = re.sub(r"[^a-z0-9]+", "-", self.class_noun.lower()).strip("-") or "class"
         return self.work / "reg" / f"{noun}-{model_tag(self.pretrained)}"
@@ -128,17 +122,19 @@ class Course:
             "model.lora.rank": self.lora_rank, "model.lora.save_merged": self.save_merged,
             "model.gradient_checkpointing": self.gradient_checkpointing,
             "model.sampling.num_inference_steps": self.sampler_steps, "model.sampling.guidance_scale": self.guidance,
-            "model.sampling.scheduler": self.scheduler, "optim.lr": self.lr,
+            "model.sampling.scheduler": self.scheduler, "optim.lr": self.lr, "model.variant": self.variant or None,
             **({"optim.use_8bit_adam": True} if self.use_8bit_adam else {}),
             "trainer.max_steps": self.max_steps, "trainer.seed": self.seed, "trainer.precision": self.precision,
             "trainer.device": self.device.type, "trainer.checkpoint_every": self.checkpoint_every,
             "trainer.validation.every": self.validation_every, "trainer.validation.num_images": self.validation_images,
+            **({} if self.validation_scene else          # the two prompts notebook 06 reads
+               {"trainer.validation.prompts": [self.instance_prompt, self.class_prompt]}),
         }
 
     def load_pipeline(self, pretrained=None):
         """The base model (or `pretrained`) for sampling: fp16 on a GPU, float32 on a CPU (DBTUTOR_NB_DTYPE)."""
         from .pipeline import load_pipeline
-        return load_pipeline(pretrained or self.pretrained, device=self.device, dtype=self.dtype)
+        return load_pipeline(pretrained or self.pretrained, self.device, self.dtype, self.variant or None)
 
     def ready(self, pipe):
         """A trained pipeline (train() returns it in float32) moved to this course's device and sampling dtype."""
@@ -151,11 +147,13 @@ class Course:
 
     def train(self, changes: dict | None = None, progress: bool = True, callback=None):
         """dbtutor.train on this course's config (plus `changes`), into run_dir: a finished run is reused."""
+        from .measure import fetch
+        fetch(self.subject_dir)                         # DINOv2 first: validations of real photos score from step 0
         return train_run({**self.overrides, **(changes or {})}, self.work, progress=progress, callback=callback)
 
     def measure(self):
-        """The course's measuring stick for this subject: the toy world's judge, or CLIP + DINOv2 (None, said in
-        one line, where their weights cannot be loaded)."""
+        """The course's measuring stick for this subject: the toy world's judge, or DINOv2 (None, said in one line,
+        where its weights cannot be loaded)."""
         from .measure import measurer
         return measurer(self.subject_dir, device=self.device)
 
@@ -201,14 +199,6 @@ def settings(profile: str | None = None, work: Path | None = None, **cell) -> Co
     from .pipeline import pick_device
     device = pick_device()
     values, sources = dict(PROFILES[name]), {"profile": said}
-    if device.type == "cuda" and name != "toy":
-        from .memory import gpu_settings
-        gpu = gpu_settings()
-        values["precision"], values["gpu_why"] = gpu["trainer.precision"], gpu["why"]
-        for key, setting_name in GPU_KEYS.items():
-            values[setting_name], sources[setting_name] = gpu[key], "this GPU"
-    if name != "toy" and values["lora_rank"] == 0:      # a full fine-tuning checkpoint is 3x the UNet: not for Drive
-        values["checkpoint_every"], sources["checkpoint_every"] = 0, "full fine-tuning"
     for key, v in choices.remembered(chosen, name).items():
         if key in values:
             where = f"{work / CHOICE_FILE}: {name} {key}={v!r}"
@@ -222,6 +212,16 @@ def settings(profile: str | None = None, work: Path | None = None, **cell) -> Co
     for key, v in cell.items():
         if v is not None:
             values[key], sources[key] = v, "this notebook"
+    if device.type == "cuda" and name != "toy":     # LoRA on every GPU, full fine-tuning when asked (lora_rank 0)
+        from .memory import gpu_settings
+        kind = "lora" if values["lora_rank"] else "full"
+        gpu = {**gpu_settings(train_text_encoder=values["train_text_encoder"], kind=kind), "model.variant": "fp16"}
+        values["gpu_why"] = gpu["why"] + ("; lora_rank=0 asks for full fine-tuning" if kind == "lora" else "")
+        for key, setting_name in GPU_KEYS.items():
+            if setting_name not in sources:                 # what the environment or this notebook set stays
+                values[setting_name], sources[setting_name] = gpu[key], "this GPU"
+    if name != "toy" and values["lora_rank"] == 0 and "checkpoint_every" not in sources:   # 3x the UNet: not Drive's
+        values["checkpoint_every"], sources["checkpoint_every"] = 0, "full fine-tuning"
     values["subject_dir"] = Path(values["subject_dir"]).expanduser()
     dtype = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}[
         setting("dtype", "float16" if device.type == "cuda" else "float32")]

@@ -15,7 +15,8 @@ Two back ends:
             colour, scene and look, so fidelity can be read as agreement: the share of subject samples it calls the
             subject (subject_attr), of samples whose object/colour/scene match the prompt's words (prompt_attr), and
             of class samples it calls the subject's look (pres_attr).
-    clip    CLIP (CLIP-I, CLIP-T) and DINOv2 (DINO, PRES, DIV) loaded with from_pretrained, for real photos.
+    clip    CLIP (CLIP-I, CLIP-T) and DINOv2 (DINO, PRES, DIV) loaded with from_pretrained, for real photos
+            (dbtutor.encoders: here both are loaded before any sampling).
 
 DIV: the paper uses LPIPS distance. LPIPS needs AlexNet/VGG weights trained on ImageNet (the `lpips` package,
 torchvision); neither is installed here and no weights can be downloaded. We use 1 - cosine similarity of the
@@ -34,18 +35,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import ROOT
+from .encoders import (CLIP_MEAN, CLIP_MODEL, CLIP_STD, DINO_MODEL, Encoders,  # noqa: F401 (re-exported)
+                       to_pixels)
 from .errors import ConfigError
 from .prompts import (PAPER_PROMPTS, PROPERTY_COLORS, PromptSet, agreement, paper_prompts,  # noqa: F401 (re-exported)
                       prompt_attributes, prompt_set, split_prompts, world_prompts)
 
 DEFAULT_JUDGE = ROOT / "data" / "models" / "toyworld-judge"
-CLIP_MODEL = "openai/clip-vit-base-patch32"
-DINO_MODEL = "facebook/dinov2-small"
 # sampling seeds: far from the class images' seeds (trainer.seed * 1_000_003 + index), whose noise the prior loss
 # trains the model to reproduce
 EVAL_SEED = 500_000
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # name: (what, better), in the order of the printed table
 METRICS = {
     "subject_sim": ("subject fidelity: embedding cosine, subject samples vs real images (DINO)", "higher"),
@@ -137,71 +136,6 @@ def score_judge(samples: dict, real: list, ps: PromptSet, judge) -> tuple[dict, 
                             "colors": {k: seen["color"].count(k) for k in sorted(set(seen["color"]))},
                             "looks": {k: seen["look"].count(k) for k in sorted(set(seen["look"]))}}
     return m, per
-
-
-def to_pixels(images, size: int, resize: int, mean, std) -> torch.Tensor:
-    """Resize the short side to `resize` (bicubic), centre-crop `size`, scale to [0, 1] and normalise: what the
-    CLIP and DINOv2 image processors do, without torchvision."""
-    out = []
-    for im in images:
-        im = im.convert("RGB")
-        w, h = im.size
-        s = resize / min(w, h)
-        w, h = max(size, round(w * s)), max(size, round(h * s))
-        im = im.resize((w, h), Image.BICUBIC)
-        left, top = (w - size) // 2, (h - size) // 2
-        out.append(np.asarray(im.crop((left, top, left + size, top + size)), np.float32) / 255)
-    x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
-
-def _features(out) -> torch.Tensor:
-    return out if torch.is_tensor(out) else out.pooler_output     # transformers 5 returns a model output
-
-
-class Encoders:
-    """CLIP (image and text) and DINOv2 (image) encoders, from the Hub or local folders; no remote code."""
-
-    def __init__(self, clip_model: str = CLIP_MODEL, dino_model: str = DINO_MODEL, device="cpu",
-                 local_files_only: bool = False):
-        from transformers import CLIPModel, CLIPTokenizer, Dinov2Model
-        self.device = torch.device(device)
-        local = {"local_files_only": local_files_only}      # True: only what is on this machine, never a download
-        try:
-            self.clip = CLIPModel.from_pretrained(str(clip_model), **local).to(self.device).eval()
-            self.tokenizer = CLIPTokenizer.from_pretrained(str(clip_model), **local)
-        except Exception as e:          # not found, offline, or a damaged folder or download
-            raise ConfigError(f"cannot load the CLIP model {clip_model} ({type(e).__name__}): pass a local folder "
-                              "of a complete transformers CLIPModel with --clip-model") from None
-        try:
-            self.dino = Dinov2Model.from_pretrained(str(dino_model), **local).to(self.device).eval()
-        except Exception as e:
-            raise ConfigError(f"cannot load the DINOv2 model {dino_model} ({type(e).__name__}): pass a local folder "
-                              "of a complete transformers Dinov2Model with --dino-model") from None
-        self.clip_size = self.clip.config.vision_config.image_size
-        self.dino_size = min(224, self.dino.config.image_size)
-
-    @torch.no_grad()
-    def clip_images(self, images, batch_size: int = 32) -> torch.Tensor:
-        feats = []
-        for i in range(0, len(images), batch_size):
-            x = to_pixels(images[i:i + batch_size], self.clip_size, self.clip_size, CLIP_MEAN, CLIP_STD)
-            feats.append(_features(self.clip.get_image_features(pixel_values=x.to(self.device))))
-        return F.normalize(torch.cat(feats).float().cpu(), dim=1)
-
-    @torch.no_grad()
-    def clip_texts(self, texts: list[str]) -> torch.Tensor:
-        t = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
-        return F.normalize(_features(self.clip.get_text_features(**t)).float().cpu(), dim=1)
-
-    @torch.no_grad()
-    def dino_images(self, images, batch_size: int = 32) -> torch.Tensor:
-        """The CLS token after the final layer norm (the paper's DINO embedding)."""
-        feats, resize = [], round(self.dino_size * 256 / 224)
-        for i in range(0, len(images), batch_size):
-            x = to_pixels(images[i:i + batch_size], self.dino_size, resize, IMAGENET_MEAN, IMAGENET_STD)
-            feats.append(self.dino(pixel_values=x.to(self.device)).pooler_output)
-        return F.normalize(torch.cat(feats).float().cpu(), dim=1)
 
 
 def score_clip(samples: dict, real: list, ps: PromptSet, enc: Encoders) -> tuple[dict, dict]:

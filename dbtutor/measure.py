@@ -1,4 +1,4 @@
-"""The notebooks' measuring stick: how often samples show the subject, by the toy world's judge or by CLIP + DINOv2.
+"""The notebooks' measuring stick: how often samples show the subject, by the toy world's judge or by DINOv2.
 
 Two numbers for a pair of sample sets (subject-prompt samples, bare-class samples), whatever the back end:
 
@@ -42,14 +42,15 @@ class JudgeMeasure:
 
 
 class ClipMeasure:
-    """DINOv2 similarity to the real photos (the paper's DINO score), and DIV of the class samples."""
+    """DINOv2 similarity to the real photos (the paper's DINO score), and DIV of the class samples. Only DINOv2 is
+    loaded (fetched once from the Hub, or DBTUTOR_DINO_MODEL): CLIP is never touched."""
     kind, unit = "DINOv2", "mean cosine similarity to the real photos (DINO)"
 
     def __init__(self, subject_dir, device="cpu"):
         from .data import load_image, scan_images
-        from .evaluate import CLIP_MODEL, DINO_MODEL, Encoders
-        self.enc = Encoders(os.environ.get("DBTUTOR_CLIP_MODEL") or CLIP_MODEL,
-                            os.environ.get("DBTUTOR_DINO_MODEL") or DINO_MODEL, device=device)
+        from .encoders import Encoders, model_names
+        names = model_names()
+        self.enc = Encoders(names["clip"], names["dino"], device=device, load=("dino",))
         self.real = self.enc.dino_images([load_image(p) for p in scan_images(subject_dir)])
 
     def share(self, images) -> float:
@@ -65,9 +66,8 @@ class ClipMeasure:
 
 
 def measurer(subject_dir, device="cpu"):
-    """The judge for a toy-world subject (a folder with subject.json), else CLIP + DINOv2 (from the Hub, or the
-    folders in DBTUTOR_CLIP_MODEL / DBTUTOR_DINO_MODEL). None, with one line saying so, if they cannot load:
-    the notebook goes on without numbers."""
+    """The judge for a toy-world subject (a folder with subject.json), else DINOv2 (from the Hub, or the folder in
+    DBTUTOR_DINO_MODEL). None, with one line saying so, if it cannot load: the notebook goes on without numbers."""
     try:
         if (Path(subject_dir) / "subject.json").exists():
             return JudgeMeasure(subject_dir)
@@ -75,6 +75,18 @@ def measurer(subject_dir, device="cpu"):
     except (ConfigError, FileNotFoundError, OSError, ValueError) as e:
         print(f"no measurements in this notebook: {str(e).splitlines()[0]}")
         return None
+
+
+def fetch(subject_dir) -> None:
+    """Before a run that validates: the measuring model of real photos (DINOv2) brought onto this machine, so the
+    validations (which never download) score from step 0. Nothing for a toy-world subject (the judge is shipped);
+    one line if it cannot be fetched (the run goes on, its validations unscored)."""
+    if (Path(subject_dir) / "subject.json").exists():
+        return
+    from .encoders import fetch_dino
+    why = fetch_dino()
+    if why:
+        print(f"validations will have no scores: {why}")
 
 
 def report(name: str, scores: dict) -> str:

@@ -125,14 +125,21 @@ def fits(s: Setting, total_gib: float, counts: dict = PUBLISHED_PARAMS) -> bool:
     return upper(s, counts) <= (1 - MARGIN) * total_gib
 
 
-def candidates(bnb: bool, precision: str = "16", train_text_encoder: bool = False) -> list[Setting]:
+KINDS = ("any", "full", "lora")
+
+
+def candidates(bnb: bool, precision: str = "16", train_text_encoder: bool = False, kind: str = "any") -> list[Setting]:
     """The settings gpu_settings tries, best first: full fine-tuning (the reference DreamBooth) before LoRA, no
-    gradient checkpointing (faster) before checkpointing, AdamW before its 8-bit form (needs bitsandbytes)."""
+    gradient checkpointing (faster) before checkpointing, AdamW before its 8-bit form (needs bitsandbytes).
+    kind: "any", or only "full" fine-tuning, or only "lora"."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {', '.join(KINDS)}")
     te = train_text_encoder
-    out = [Setting(0, False, False, te, precision), Setting(0, True, False, te, precision)]
+    full = [Setting(0, False, False, te, precision), Setting(0, True, False, te, precision)]
     if bnb:
-        out += [Setting(0, False, True, te, precision), Setting(0, True, True, te, precision)]
-    return out + [Setting(16, False, False, te, precision), Setting(16, True, False, te, precision)]
+        full += [Setting(0, False, True, te, precision), Setting(0, True, True, te, precision)]
+    lora = [Setting(16, False, False, te, precision), Setting(16, True, False, te, precision)]
+    return {"any": full + lora, "full": full, "lora": lora}[kind]
 
 
 def overrides(s: Setting) -> dict:
@@ -157,45 +164,46 @@ def _has_bitsandbytes() -> bool:
 
 
 def gpu_settings(total_gib: float | None = None, bnb: bool | None = None, capability: tuple[int, int] | None = None,
-                 train_text_encoder: bool = False) -> dict:
+                 train_text_encoder: bool = False, kind: str = "any") -> dict:
     """Config overrides for Stable Diffusion v1.5 at 512 px on the GPU found (or one of `total_gib`), and 'why'.
 
-    The first of candidates() that fits the card with margin (fits()). trainer.precision: "bf16" from compute
-    capability 8.0 (Ampere) on, "16" below it (a T4 reports bf16 as supported, through a slow emulation); with
-    total_gib given, `capability` defaults to a T4's 7.5. bnb: whether bitsandbytes (8-bit AdamW) may be used; None =
-    whether it is installed. Without CUDA (and no total_gib): float32 full fine-tuning without checkpointing, at
-    full fine-tuning's published learning rate."""
+    The first of candidates() that fits the card with margin (fits()); kind "full" or "lora" tries only those (the
+    course trains LoRA unless full fine-tuning is asked for). trainer.precision: "bf16" from compute capability 8.0
+    (Ampere) on, "16" below it (a T4 reports bf16 as supported, through a slow emulation); with total_gib given,
+    `capability` defaults to a T4's 7.5. bnb: whether bitsandbytes (8-bit AdamW) may be used; None = whether it is
+    installed. Without CUDA (and no total_gib): float32 without checkpointing, AdamW (full fine-tuning unless kind is
+    "lora"), at the published learning rate."""
     gpu = _gpu() if total_gib is None else (total_gib, capability or (7, 5))
     if gpu is None:
-        s = Setting(0, False, False, train_text_encoder, "32")
-        return {**overrides(s), "why": "no CUDA GPU: the CPU's settings (float32 full fine-tuning, no "
-                                   "checkpointing, AdamW) at full fine-tuning's published learning rate"}
+        s = Setting(16 if kind == "lora" else 0, False, False, train_text_encoder, "32")
+        return {**overrides(s), "why": f"no CUDA GPU: the CPU's settings ({s.label()}) at the published learning rate"}
     total, cap = gpu
     bnb = _has_bitsandbytes() if bnb is None else bnb
     precision = "bf16" if cap >= (8, 0) else "16"
-    options = candidates(bnb, precision, train_text_encoder)
+    options = candidates(bnb, precision, train_text_encoder, kind)
+    eight_bit = [] if bnb or kind == "lora" else [x for x in candidates(True, precision, train_text_encoder, "full")
+                                                  if x.use_8bit_adam and fits(x, total)]
+    hint = f"; with bitsandbytes (pip install 'dbtutor[gpu]') {eight_bit[0].label()} would fit" if eight_bit else ""
     for s in options:
         if fits(s, total):
             e = estimate(s)
             why = (f"{s.label()}: estimated peak {e['total']:.1f} GiB ({upper(s):.1f} with float32-sized "
-                   f"activations) on a {total:.1f} GiB GPU, within {1 - MARGIN:.0%} of it; the better settings before "
-                   f"it need more (python -m dbtutor.memory); trainer.precision={precision}: compute capability "
-                   f"{cap[0]}.{cap[1]}")
-            if not bnb and s.lora_rank and any(fits(x, total) for x in candidates(True, precision, train_text_encoder)
-                                               if x.use_8bit_adam):
-                why += "; with bitsandbytes (pip install 'dbtutor[gpu]') full fine-tuning with 8-bit AdamW would fit"
-            return {**overrides(s), "why": why}
+                   f"activations) on a {total:.1f} GiB GPU, within {1 - MARGIN:.0%} of it"
+                   + ("" if s == options[0] else "; the better settings before it need more (python -m dbtutor.memory)")
+                   + f"; trainer.precision={precision}: compute capability {cap[0]}.{cap[1]}")
+            return {**overrides(s), "why": why + (hint if s.lora_rank else "")}     # full would have fitted
     s = options[-1]
-    return {**overrides(s), "why": f"no setting fits a {total:.1f} GiB GPU with margin; {s.label()} needs the least "
-                                   f"(estimated {estimate(s)['total']:.1f} GiB): it may run out of memory"}
+    return {**overrides(s), "why": f"no {'' if kind == 'any' else kind + ' '}setting fits a {total:.1f} GiB GPU with "
+                                   f"margin; {s.label()} needs the least (estimated {estimate(s)['total']:.1f} GiB): "
+                                   f"it may run out of memory{hint}"}
 
 
 def table(cards: dict = CARDS) -> str:
     """Markdown: each setting's parts and estimated peak, and whether gpu_settings would accept it on each card."""
-    settings = [Setting(16, False), Setting(16, True), Setting(0, True, True), Setting(0, False, True),
-                Setting(0, True), Setting(0, False), Setting(0, True, True, True), Setting(0, False, False, True),
-                Setting(8, False, False, False, "32"), Setting(0, True, False, False, "32"),
-                Setting(0, False, False, False, "32")]
+    settings = [Setting(16, False), Setting(16, True), Setting(16, False, False, True), Setting(0, True, True),
+                Setting(0, False, True), Setting(0, True), Setting(0, False), Setting(0, True, True, True),
+                Setting(0, False, False, True), Setting(8, False, False, False, "32"),
+                Setting(0, True, False, False, "32"), Setting(0, False, False, False, "32")]
     head = ["setting (512 px, batch 1+1; fp16/bf16 unless fp32)"] + list(PARTS) + ["estimated peak", "upper"] + \
         [f"{gb} GB ({gib} GiB)" for gb, gib in cards.items()] + ["activations from"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

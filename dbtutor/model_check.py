@@ -106,14 +106,14 @@ def _meta_model(folder: Path, part: str, library: str, class_name: str):
         return cls(cls.config_class.from_pretrained(str(folder / part)))
 
 
-def check_weights(folder: Path, part: str, library: str, class_name: str) -> dict:
-    """A weight-bearing part: its folder, config and weights file(s), and the shapes the config builds against the
-    file's. Returns the config as built (for the checks between parts)."""
+def check_weights(folder: Path, part: str, library: str, class_name: str, variant: str | None = None) -> dict:
+    """A weight-bearing part: its folder, config and weights file(s) (`variant`'s where it has them), and the shapes
+    the config builds against the file's. Returns the config as built (for the checks between parts)."""
     if not (folder / part).is_dir():
         raise Damage(part, f"{part}/", f"is missing (model_index.json lists {class_name})", MISSING)
     config = _json(folder, f"{part}/config.json", part)
     try:
-        file = weights_file(folder / part, library)
+        file = weights_file(folder / part, library, variant)
         shapes = weight_shapes(file)
     except BadFile as e:
         raise _bad(part, e.file or f"{part}/", e) from None
@@ -240,8 +240,8 @@ def check_fit(found: dict) -> None:
                          f"{te.get('max_position_embeddings')} (max_position_embeddings)", MISMATCH)
 
 
-def check_folder(folder: Path, parts=tuple(PARTS)) -> None:
-    """Every check above for `parts` of the pipeline folder; Damage on the first problem."""
+def check_folder(folder: Path, parts=tuple(PARTS), variant: str | None = None) -> None:
+    """Every check above for `parts` of the folder (`variant`'s weights where it has them); Damage on the first problem."""
     index = check_index(folder)
     found = {}
     for part in parts:
@@ -251,7 +251,7 @@ def check_folder(folder: Path, parts=tuple(PARTS)) -> None:
         elif part == "scheduler":
             check_scheduler(folder, cls)
         else:
-            found[part] = check_weights(folder, part, library, cls)
+            found[part] = check_weights(folder, part, library, cls, variant)
     check_fit(found)
 
 
@@ -307,15 +307,15 @@ def _signature(folder: Path, parts) -> tuple:
     return str(folder.resolve()), tuple(parts), tuple(stats)
 
 
-def check_model(pretrained, name: str = "model.pretrained", parts=tuple(PARTS)) -> Path:
-    """Check a pipeline folder or hub id before loading it; return the local folder to load. ConfigError, in one
-    line, on the first problem. A folder found sound is not read again until one of its files changes."""
+def check_model(pretrained, name: str = "model.pretrained", parts=tuple(PARTS), variant: str | None = None) -> Path:
+    """Check a pipeline folder or hub id (fetched in `variant`) before loading it; return the local folder to load.
+    ConfigError, in one line, on the first problem. A folder found sound is not read again until a file changes."""
     try:
-        folder, entry = locate(pretrained, name)
-        key = _signature(folder, parts)
+        folder, entry = locate(pretrained, name, variant)
+        key = (_signature(folder, parts), variant)
         if key in _CHECKED:
             return folder
-        check_folder(folder, parts)
+        check_folder(folder, parts, variant)
     except Damage as d:
         raise ConfigError(message(str(pretrained), d, folder, entry)) from None
     except OSError as e:            # a folder or file we may not read (permissions), a disk error

@@ -31,9 +31,10 @@ def quiet():
             log.set_verbosity(level)
 
 
-def locate(pretrained, name: str = "model.pretrained") -> tuple[Path, Path | None]:
+def locate(pretrained, name: str = "model.pretrained", variant: str | None = None) -> tuple[Path, Path | None]:
     """The local folder to check and load, and for a hub id its cache entry (models--org--name). A hub id is
-    fetched as StableDiffusionPipeline.from_pretrained would (only what is missing; offline: the cached copy)."""
+    fetched as StableDiffusionPipeline.from_pretrained would (only what is missing; offline: the cached copy), in
+    `variant` (model.variant: "fp16" fetches SD v1.5's half-size weights) for the parts that have one."""
     text = str(pretrained)
     given = f"{name} {text}" if name.startswith("-") else f"{name}={text}"     # an option, or a config key
     p = Path(text).expanduser()
@@ -58,7 +59,7 @@ def locate(pretrained, name: str = "model.pretrained") -> tuple[Path, Path | Non
     entry = Path(constants.HF_HUB_CACHE) / ("models--" + text.replace("/", "--"))
     try:
         with quiet():
-            folder = StableDiffusionPipeline.download(text, safety_checker=None, feature_extractor=None)
+            folder = StableDiffusionPipeline.download(text, safety_checker=None, feature_extractor=None, variant=variant)
     except Exception as e:          # offline and not cached, a download cut off, no such repository, ...
         if entry.is_dir():
             partial = len(list(entry.glob("blobs/*.incomplete")))
@@ -69,3 +70,11 @@ def locate(pretrained, name: str = "model.pretrained") -> tuple[Path, Path | Non
         raise ConfigError(f"{given} is neither a local folder nor reachable on the Hugging Face Hub "
                           f"({type(e).__name__}); use a local pipeline folder such as data/models/toyworld") from None
     return Path(folder), entry
+
+
+def stock_variant(pretrained, variant: str | None) -> str | None:
+    """The `variant` to give diffusers' own from_pretrained for a model dbtutor loads in `variant` (model.variant):
+    it for a hub id (fetched in it) or a folder that has its files, else None (diffusers refuses a variant that a
+    folder has no files of; dbtutor loads the main ones)."""
+    folder = Path(str(pretrained)).expanduser()
+    return variant if variant and (not folder.is_dir() or any(folder.glob(f"*/*.{variant}.*"))) else None

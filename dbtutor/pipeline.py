@@ -39,11 +39,11 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def check_pretrained(pretrained, name: str = "model.pretrained") -> Path:
+def check_pretrained(pretrained, name: str = "model.pretrained", variant: str | None = None) -> Path:
     """Fail fast, in one line, if model.pretrained is not a sound Stable Diffusion pipeline (a folder, or a hub id's
-    download): see model_check. Returns the local folder to load."""
+    download, fetched in `variant`): see model_check. Returns the local folder to load."""
     from .model_check import check_model
-    return check_model(pretrained, name)
+    return check_model(pretrained, name, variant=variant)
 
 
 def is_run(folder) -> bool:
@@ -54,17 +54,20 @@ def is_run(folder) -> bool:
         ((folder / WEIGHT_NAME).exists() and (folder / "dreambooth.yaml").exists())
 
 
-def load_trained(folder, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def load_trained(folder, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 variant: str | None = None):
     """A trained run's model: its saved pipeline, or for a LoRA run saved as adapters alone
-    (model.lora.save_merged=false) its base model (model.pretrained of its dreambooth.yaml) with them merged in."""
+    (model.lora.save_merged=false) its base model (model.pretrained of its dreambooth.yaml, in its model.variant
+    unless `variant` is given) with them merged in. A folder that is not a run loads as a pipeline, in `variant`."""
     from .lora import fuse_lora, load_lora
     folder = Path(folder)
     if (folder / "model_index.json").exists() or not is_run(folder):
-        return load_pipeline(folder, device=device, dtype=dtype)
+        return load_pipeline(folder, device=device, dtype=dtype, variant=variant)
     from omegaconf import OmegaConf
-    base = OmegaConf.load(folder / "dreambooth.yaml").model.pretrained
-    check_pretrained(base, f"{folder}/dreambooth.yaml's model.pretrained")
-    pipe = load_pipeline(base, device=device, dtype=dtype)
+    model = OmegaConf.load(folder / "dreambooth.yaml").model
+    base, variant = model.pretrained, variant or OmegaConf.select(model, "variant", default=None)
+    check_pretrained(base, f"{folder}/dreambooth.yaml's model.pretrained", variant)
+    pipe = load_pipeline(base, device=device, dtype=dtype, variant=variant)
     return fuse_lora(load_lora(pipe, folder))
 
 
@@ -133,17 +136,23 @@ def _version(library: str) -> tuple[int, ...]:
     return Version(importlib.import_module(library).__version__).release
 
 
-def load_checked(folder, name: str, library: str, class_name: str, label: str | None = None, checked: bool = False):
+def load_checked(folder, name: str, library: str, class_name: str, label: str | None = None, checked: bool = False,
+                 variant: str | None = None):
     """One weight-bearing part of a pipeline folder, checked first (model_check; `checked`: the caller did) and
     refused (ConfigError) if any of its weights is missing, unused or misshapen: transformers and diffusers only
-    log such weights (left random) as a warning. `label` names the model in messages (default: the folder)."""
+    log such weights (left random) as a warning. `label` names the model in messages (default: the folder).
+    `variant` (model.variant): its weights files where the part has them, else the main ones."""
+    from .weight_files import file_variant, weights_file
     label = str(label or folder)
     if not checked:
         from .model_check import check_model
-        check_model(folder, parts=(name,))
+        check_model(folder, parts=(name,), variant=variant)
     cls = getattr(importlib.import_module(library), class_name)
+    file = weights_file(Path(folder) / name, library, variant)
     kwargs = {"subfolder": name, "output_loading_info": True}
-    sharded = (Path(folder) / name / "diffusion_pytorch_model.safetensors.index.json").exists()
+    if file_variant(file, variant):                   # the part has the variant's files: load those
+        kwargs["variant"] = variant
+    sharded = file.name.startswith("diffusion_pytorch_model.safetensors.index")
     if library == "diffusers" and _version("diffusers") < (0, 33) and not sharded:
         kwargs["low_cpu_mem_usage"] = False           # before 0.33 only this path reports unused weights (and
                                                       # reads no shards: those have their shapes checked first)
@@ -182,17 +191,20 @@ def _unloadable(label: str, name: str, e: Exception) -> ConfigError:
                        "complete copy of that part, or download the model again")
 
 
-def load_pipeline(pretrained: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def load_pipeline(pretrained: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                  variant: str | None = None):
     """StableDiffusionPipeline.from_pretrained, every component cast to `dtype` (float32 by default), no safety checker.
 
     The folder (or a hub id's download) is checked first, file by file (model_check); then the UNet, VAE and text
     encoder are loaded, each refused in one line (ConfigError) if any of its weights would be left random.
-    transformers keeps a text encoder stored in fp16 in fp16; a float32 UNet on a CPU then fails, so we cast."""
+    transformers keeps a text encoder stored in fp16 in fp16; a float32 UNet on a CPU then fails, so we cast.
+    `variant` (model.variant, e.g. "fp16": SD v1.5's half-size files) is fetched and loaded for the parts that have
+    it; a part without it loads its main weights, so a folder saved without variants loads as it is."""
     from diffusers import StableDiffusionPipeline
-    folder = check_pretrained(pretrained)
+    folder = check_pretrained(pretrained, variant=variant)
     index = StableDiffusionPipeline.load_config(str(folder))
     _check_tokenizer(folder, index, str(pretrained))
-    parts = {name: load_checked(folder, name, *index[name], label=str(pretrained), checked=True)
+    parts = {name: load_checked(folder, name, *index[name], label=str(pretrained), checked=True, variant=variant)
              for name in ("unet", "vae", "text_encoder")}
     try:
         with warnings.catch_warnings():

@@ -98,7 +98,7 @@ def generate_regularization(cfg, pipe=None, rank: int = 0, world_size: int = 1, 
     d = cfg.model.data
     folder = Path(d.regularization_dir)
     if pipe is None:                        # a damaged base model stops here, before the folder is touched
-        check_pretrained(cfg.model.pretrained)
+        check_pretrained(cfg.model.pretrained, variant=cfg.model.variant)
     if lock:
         from .locks import hold
         with hold(folder, "model.data.regularization_dir", cfg.trainer.wait_for_lock):
@@ -111,7 +111,7 @@ def generate_regularization(cfg, pipe=None, rank: int = 0, world_size: int = 1, 
     if pipe is None:                        # loaded before anything is written; on a GPU in float16 (inside train()
         from .pipeline import pick_device   # its float32 pipeline samples under float16 autocast: pipeline.sample)
         device = pick_device(cfg.trainer.device)
-        pipe = load_pipeline(cfg.model.pretrained, device=device, dtype=sampling_dtype(device))
+        pipe = load_pipeline(cfg.model.pretrained, device, sampling_dtype(device), cfg.model.variant)
     folder.mkdir(parents=True, exist_ok=True)
     if rank == 0 and not (folder / PROVENANCE).exists():
         write_json(folder / PROVENANCE, provenance(cfg))

@@ -22,13 +22,14 @@ from omegaconf import OmegaConf
 from .fileio import sha256_file
 
 # Keys that do not make two runs different trainings: where the files are (output_dir, the data and cache folders,
-# the base model's path), how long it runs (trainer.max_steps: a longer run continues a shorter one), how it computes
+# the base model's path and which of its files: model.variant's fp16 files differ from the main ones by rounding),
+# how long it runs (trainer.max_steps: a longer run continues a shorter one), how it computes
 # (precision, device, compile, memory layout, attention kernel, gradient checkpointing: the same updates, up to
 # rounding; e.g. a run stopped by a non-finite loss in fp16 continues with trainer.precision=32), and what it shows
 # or keeps on the way (progress, validation samples, trackers, checkpoints, the sampler settings of class images
 # and samples, whether a LoRA run also saves the merged pipeline). A key that names a section covers all its keys.
 NOT_TRAINING = frozenset({
-    "output_dir", "model.pretrained", "model.data.instance_dir", "model.data.regularization_dir",
+    "output_dir", "model.pretrained", "model.variant", "model.data.instance_dir", "model.data.regularization_dir",
     "model.data.cached_instance_dir", "model.data.cached_reg_dir", "model.data.num_workers",
     "trainer.max_steps", "trainer.precision", "trainer.device", "model.compile", "model.channels_last",
     "model.gradient_checkpointing", "model.attention",

@@ -51,7 +51,7 @@ class TrainResult:
 def preflight(cfg):
     """Every check that needs no model: runs before any heavy work. Returns the usable instance images."""
     d = cfg.model.data
-    check_pretrained(cfg.model.pretrained)
+    check_pretrained(cfg.model.pretrained, variant=cfg.model.variant)
     paths = scan_images(d.instance_dir, "model.data.instance_dir")
     check_precision(cfg, pick_device(cfg.trainer.device))
     return paths
@@ -181,7 +181,7 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
     prior = bool(m.with_prior_preservation)
     show = (tr.progress if progress is None else progress) and accelerator.is_local_main_process
 
-    pipe = load_pipeline(m.pretrained, device=device)
+    pipe = load_pipeline(m.pretrained, device=device, variant=m.variant)
     unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
     noise_scheduler = _noise_scheduler(pipe)
     vae.requires_grad_(False).eval()

@@ -9,9 +9,10 @@ prompt at the fixed seeds (model.sampling's scheduler, steps and guidance) and w
 
 Scores, where something can measure: on a toy-world subject (subject.json) the world's judge, per prompt the share
 of samples it judges to show the subject's look ("a photo of sks ball": the subject arrives; "a photo of a ball":
-the class drifts); on real photos CLIP-I and DINO similarity to the instance images, if those models are on this
-machine (nothing is downloaded). Sampling has its own generators and leaves the global random state, the
-pipeline's scheduler and the modules' train/eval modes as they were: the training itself does not change.
+the class drifts); on real photos DINO similarity to the instance images (and CLIP-I where CLIP is there too), if
+DINOv2 is on this machine (nothing is downloaded here: the course fetches it before its runs). Sampling has its own
+generators and leaves the global random state, the pipeline's scheduler and the modules' train/eval modes as they
+were: the training itself does not change.
 """
 from __future__ import annotations
 
@@ -57,10 +58,11 @@ def settings(cfg) -> dict:
 
 
 def make_scorer(cfg, device="cpu"):
-    """(name, score(images by prompt) -> {prompt: {metric: value}}, note): the judge on a toy-world subject,
-    CLIP/DINO from local weights on real photos, else (None, None, why not)."""
-    from .evaluate import CLIP_MODEL, DEFAULT_JUDGE, DINO_MODEL, Encoders, cross_similarity, resize_all
-    from .errors import ConfigError
+    """(name, score(images by prompt) -> {prompt: {metric: value}}, note): the judge on a toy-world subject; on real
+    photos DINO similarity (DINOv2, DBTUTOR_DINO_MODEL), plus CLIP-I where CLIP is on this machine too, from local
+    weights only (the course fetches DINOv2 before its runs: measure.fetch); else (None, None, why not)."""
+    from .encoders import Encoders, model_names
+    from .evaluate import DEFAULT_JUDGE, cross_similarity, resize_all
     subject = Path(cfg.model.data.instance_dir)
     if (subject / "subject.json").exists():
         from .toyworld import judge as J
@@ -75,18 +77,21 @@ def make_scorer(cfg, device="cpu"):
             return {p: {"look_share": sum(x == look for x in J.predict(judge, resize_all(ims, SIZE))["look"]) / len(ims)}
                     for p, ims in images.items()}
         return "judge", by_judge, f"the judge's share of samples with the subject's look ({look})"
-    try:
-        enc = Encoders(CLIP_MODEL, DINO_MODEL, device, local_files_only=True)
-    except ConfigError:
-        return None, None, f"{CLIP_MODEL} and {DINO_MODEL} are not on this machine (they are never downloaded here)"
+    names = model_names()
+    enc = Encoders(names["clip"], names["dino"], device, local_files_only=True, load=())
+    if not enc.available("dino"):
+        return None, None, f"{names['dino']} is not on this machine (it is never downloaded here)"
     from .data import load_image, scan_images
     real = [load_image(p) for p in scan_images(subject, "model.data.instance_dir")]
-    d_real, c_real = enc.dino_images(real), enc.clip_images(real)
+    clip = enc.available("clip")                    # CLIP-I too, only where CLIP is here already
+    d_real, c_real = enc.dino_images(real), enc.clip_images(real) if clip else None
 
-    def by_clip(images: dict) -> dict:
+    def by_encoders(images: dict) -> dict:
         return {p: {"dino": cross_similarity(enc.dino_images(ims), d_real),
-                    "clip_i": cross_similarity(enc.clip_images(ims), c_real)} for p, ims in images.items()}
-    return "clip", by_clip, "DINO and CLIP-I similarity of each prompt's samples to the instance images"
+                    **({"clip_i": cross_similarity(enc.clip_images(ims), c_real)} if clip else {})}
+                for p, ims in images.items()}
+    return "clip", by_encoders, "DINO " + ("and CLIP-I " if clip else "") + \
+        "similarity of each prompt's samples to the instance images"
 
 
 def mosaic(images: list, rows: int) -> Image.Image:

@@ -135,18 +135,36 @@ def check_torch_zip(path: Path) -> None:
         raise BadFile("is a zip archive but not a PyTorch weights file")
 
 
-def weights_file(part_dir: Path, library: str) -> Path:
-    """The weights file (or shard index) that `library`'s from_pretrained will read from a part's folder."""
-    for name in WEIGHTS[library]:
+def variant_name(name: str, variant: str | None) -> str:
+    """A weights file's name in a variant, as diffusers and transformers save it: model.safetensors ->
+    model.fp16.safetensors, model.safetensors.index.json -> model.safetensors.index.fp16.json."""
+    if not variant:
+        return name
+    head, tail = name.rsplit(".", 1)
+    return f"{head}.{variant}.{tail}"
+
+
+def weights_file(part_dir: Path, library: str, variant: str | None = None) -> Path:
+    """The weights file (or shard index) that `library`'s from_pretrained will read from a part's folder: with a
+    `variant` (model.variant) its files where the folder has them, else the main ones (a folder saved without
+    variants loads as it is)."""
+    names = (tuple(variant_name(n, variant) for n in WEIGHTS[library]) if variant else ()) + WEIGHTS[library]
+    for name in names:
         if (part_dir / name).exists() or (part_dir / name).is_symlink():
             return part_dir / name
     main = WEIGHTS[library][0]
     variants = sorted(p.name for p in part_dir.glob(main.replace(".safetensors", ".*.safetensors")))
     if variants:
-        raise BadFile(f"holds only {variants[0]}, a variant dbtutor does not load", MISSING, file=f"{part_dir.name}/",
-                      fix=f"download the main weights too, or rename that file to {main}")
+        other = variants[0].split(".")[-2]
+        raise BadFile(f"holds only {variants[0]}, the {other} variant", MISSING, file=f"{part_dir.name}/",
+                      fix=f"set model.variant={other} to load it, or download the main weights too")
     raise BadFile(f"is missing (and no other weights file is in {part_dir.name}/)", MISSING,
                   file=f"{part_dir.name}/{main}")
+
+
+def file_variant(file: Path, variant: str | None) -> str | None:
+    """The variant a weights file found by weights_file belongs to: `variant`, or None for the main weights."""
+    return variant if variant and file.name in {variant_name(n, variant) for n in sum(WEIGHTS.values(), ())} else None
 
 
 def weight_shapes(file: Path) -> dict[str, tuple[int, ...]] | None:

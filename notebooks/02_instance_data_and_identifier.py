@@ -4,7 +4,8 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/) (upload this notebook: File → Upload notebook; its first code cell brings in the course)
 #
 # DreamBooth needs only a handful of images of the subject: the **instance images**. It binds them to a
-# prompt that contains a rare **identifier** plus the subject's class noun: "a photo of sks ball". This notebook
+# prompt that contains a rare **identifier** plus the subject's class noun: "a photo of sks ball" on the toy world,
+# "a photo of sks dog" for the DreamBooth paper's dog. This notebook
 # looks at the images, prepares them by hand, and chooses the identifier.
 
 # %% [markdown]
@@ -54,7 +55,7 @@ WORK_ON_DRIVE = None      # Colab: None keeps class images, runs and these choic
 MAX_STEPS = None          # trainer.max_steps: training steps of every run (toy 500, sd15 400)
 # this notebook
 SAMPLES_PER_PROMPT = None # images per prompt in the grids (toy 8, sd15 4)
-CANDIDATES = ["sks", "ohwx", "zwx", "xyz", "dbtutor", "mybestball", "red", "ball"]   # identifiers to try
+CANDIDATES = ["sks", "ohwx", "zwx", "xyz", "dbtutor"]   # identifiers to try (section 3 adds 3 from the class noun)
 BATCH_CLASS_IMAGES = 4    # class images made here to show one batch (04 makes the rest, the same ones)
 
 # %%
@@ -112,12 +113,12 @@ print(f"by hand == dbtutor.preprocess, for all {len(images)} photos")
 # %% [markdown]
 # ## 3. The identifier
 #
-# The instance prompt needs a word for *this* subject. A common word (`red`) already means something and would
-# be overwritten; a made-up string (`mybestball`) is cut into familiar pieces (`my`, `best`, `ball`) that also
-# mean something. The DreamBooth paper picks a **rare token**: one token of the vocabulary that the model has
-# hardly ever seen, such as `sks`. The **class noun** stays in the prompt so the subject can borrow
-# everything the model knows about its class (shape, how it sits in a scene), and it names the class whose
-# prior we will preserve.
+# The instance prompt needs a word for *this* subject. A common word (a colour, or the class noun itself) already
+# means something and would be overwritten; a made-up string (`mybest` and the class noun) is cut into familiar
+# pieces (`my`, `best`, the noun) that also mean something. The DreamBooth paper picks a **rare token**: one
+# token of the vocabulary that the model has hardly ever seen, such as `sks`. The **class noun** stays in the
+# prompt so the subject can borrow everything the model knows about its class (shape, how it sits in a scene),
+# and it names the class whose prior we will preserve.
 
 # %%
 from dbtutor.course import identifier_report
@@ -125,15 +126,16 @@ from dbtutor.course import identifier_report
 pipe = C.load_pipeline()
 tokenizer = pipe.tokenizer
 print(f"by hand: {C.instance_prompt!r} -> {tokenizer.tokenize(C.instance_prompt)}")
-print(f"{'candidate':12s} {'tokens':32s} pieces")
-for c in CANDIDATES:
+candidates = CANDIDATES + [f"mybest{C.class_noun}", C.colour, C.class_noun]   # made up, a colour, the noun
+print(f"{'candidate':16s} {'tokens':32s} pieces")
+for c in candidates:
     r = identifier_report(tokenizer, c, C.class_noun)
-    print(f"{c:12s} {' '.join(t for t, _ in r['identifier_tokens']):32s} {len(r['identifier_tokens'])}")
+    print(f"{c:16s} {' '.join(t for t, _ in r['identifier_tokens']):32s} {len(r['identifier_tokens'])}")
 assert len(identifier_report(tokenizer, C.identifier, C.class_noun)["identifier_tokens"]) == 1
 
 # %% [markdown]
-# (`</w>` marks the end of a word.) Single tokens are not all equally good: `red` and `ball` are single tokens
-# too, but frequent ones.
+# (`</w>` marks the end of a word.) Single tokens are not all equally good: the colour word and (for most class
+# nouns) the noun are single tokens too, but frequent ones.
 #
 # A rare token is only useful if the text encoder **reads** it: the UNet sees the prompt only through the text
 # encoder's output, so a word that leaves that output where it was cannot select anything, however long we

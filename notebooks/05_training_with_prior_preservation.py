@@ -58,7 +58,7 @@ PRIOR_LOSS_WEIGHT = None  # model.prior_loss_weight, λ (toy 1.0, sd15 1.0)
 LR = None                 # optim.lr (toy 0.0001, sd15 by GPU)
 # this notebook
 SAMPLES_PER_PROMPT = None # images per prompt in the grids (toy 8, sd15 4)
-VALIDATION_EVERY = None   # trainer.validation.every: samples along the way (toy 100, sd15 100)
+VALIDATION_EVERY = None   # trainer.validation.every: samples along the way (toy 100, sd15 200)
 LOOP_STEPS = 20           # steps of the loop written by hand in section 2
 
 # %%
@@ -130,25 +130,28 @@ assert torch.allclose(loss, loss_by_hand)
 # unbroken one does. Here in one cell, for `LOOP_STEPS` steps, on the package's own pieces: the cached latents, the
 # two prompts' embeddings (the text encoder is frozen), `dreambooth_loss`. The sd15 profile trains LoRA adapters
 # (`add_lora`) instead of the whole UNet; the loop is the same. In float32, so that it can be compared with
-# `dbtutor.train` on the same settings, trained first (a short run of its own):
+# `dbtutor.train` on the same settings, trained first (a short run of its own). On a GPU this loop trains LoRA
+# adapters whatever the course trains: the whole UNet with plain AdamW in float32 needs about 15.7 GiB, more than
+# a T4 has (`python -m dbtutor.memory`):
 
 # %%
 from dbtutor.lora import add_lora, trainable_parameters
 from dbtutor.train import step_generator
 
 loop_cfg = course.run_config({**C.overrides, "trainer.max_steps": LOOP_STEPS, "trainer.precision": "32",
-                              "trainer.validation.every": 0, "model.sampling.card_seeds": 0}, C.work)
+                              "trainer.validation.every": 0, "model.sampling.card_seeds": 0,
+                              "model.lora.rank": C.lora_rank or (16 if C.device.type == "cuda" else 0)}, C.work)
 reference = dbtutor.train(loop_cfg, progress=False)
 reference.pipe = None
 course.free_memory()
 
-pipe = dbtutor.load_pipeline(C.pretrained, device=C.device)          # float32
+pipe = dbtutor.load_pipeline(C.pretrained, device=C.device, variant=loop_cfg.model.variant)   # float32
 unet, vae = pipe.unet, pipe.vae
 latents = dbtutor.cache_subject_latents(loop_cfg, pipe)              # mean and log-variance of each image
 with torch.no_grad():
     embeds = pipe.text_encoder(ids)[0]                               # [instance prompt, class prompt]
 unet.requires_grad_(True)
-add_lora(loop_cfg, unet, pipe.text_encoder)                          # LoRA (sd15): adapters only; toy: nothing
+add_lora(loop_cfg, unet, pipe.text_encoder)                          # LoRA (sd15, any GPU): adapters only; toy: nothing
 if loop_cfg.model.gradient_checkpointing:
     unet.enable_gradient_checkpointing()                             # less memory, the same numbers
 params = trainable_parameters(loop_cfg, unet, pipe.text_encoder)

@@ -115,8 +115,12 @@ plt.show()
 # NeMo's scripts do, and the UNet learns what that vector should draw. Training the text encoder as well
 # (`model.train_text_encoder: true`) changes more than the identifier: the same weights read every prompt, the
 # class prompt and the empty prompt that classifier-free guidance uses as its "unconditional" direction included.
-# By hand, how far the run with it trained moved each prompt's output (relative L2 over every position, as 02
-# measured), then `dbtutor.text_moved`, which does the same:
+# With LoRA (the sd15 profile) that means LoRA adapters on the text encoder's attention projections as well
+# (`q_proj`, `k_proj`, `v_proj`, `out_proj`), trained with the UNet's adapters at the same learning rate, 1e-4, as
+# diffusers' `train_dreambooth_lora.py --train_text_encoder` does; with full fine-tuning the whole text encoder, at
+# 2e-6 (diffusers' DreamBooth documentation) and, on a GPU, the memory settings that fit with it trained
+# (`dbtutor.memory`). By hand, how far the run with it trained moved each prompt's output (relative L2 over every
+# position, as 02 measured), then `dbtutor.text_moved`, which does the same:
 
 # %%
 pipe.to("cpu")                                       # the base model waits in CPU memory while a run trains
@@ -132,7 +136,14 @@ frozen.pipe = None
 pipe.to("cpu")
 course.free_memory()
 
-te_run = C.train({"model.train_text_encoder": True})
+from dbtutor import memory
+
+TEXT_ENCODER = {"model.train_text_encoder": True}     # LoRA: its adapters join the UNet's, at the same settings
+if C.lora_rank == 0 and C.device.type == "cuda" and C.profile != "toy":   # full fine-tuning on a GPU: what fits
+    full = memory.gpu_settings(kind="full", train_text_encoder=True)
+    print("text encoder trained too:", full.pop("why"))
+    TEXT_ENCODER.update(full)
+te_run = C.train(TEXT_ENCODER)
 te_pipe = C.ready(te_run.pipe)
 pipe.to(C.device)
 ids = pipe.tokenizer(MOVED, padding="max_length", truncation=True, max_length=pipe.tokenizer.model_max_length,
@@ -198,7 +209,10 @@ ours = C.sample_rows(C.ready(lora.pipe), C.prompts, seeds)
 lora.pipe = None
 del pipe
 course.free_memory()
-stock = StableDiffusionPipeline.from_pretrained(str(C.pretrained), safety_checker=None, requires_safety_checker=False)
+from dbtutor.model_source import stock_variant
+
+stock = StableDiffusionPipeline.from_pretrained(str(C.pretrained), variant=stock_variant(C.pretrained, C.variant),
+                                                safety_checker=None, requires_safety_checker=False)
 stock.load_lora_weights(lora.output_dir, weight_name=WEIGHT_NAME)   # plain diffusers (weight_name: also offline)
 stock.to(C.device, C.dtype)
 theirs = C.sample_rows(stock, C.prompts, seeds)
@@ -248,10 +262,13 @@ print(sd.table())
 print(f"prompts {sd.instance_prompt!r} / {sd.class_prompt!r}; on {sd.device}, trainer.precision {sd.precision}")
 
 # %% [markdown]
-# On a GPU the profile takes its memory settings from `dbtutor.memory.gpu_settings`: the first of full fine-tuning,
-# full fine-tuning with gradient checkpointing (and 8-bit AdamW where bitsandbytes is installed), and LoRA, whose
-# estimated peak stays within 90 % of the card. The estimates (weights, gradients, optimizer state counted;
-# activations measured at 512 px with SD v1.5's architecture on a CPU; not measured on a GPU):
+# On a GPU the course trains LoRA on every card (adapters of a few MB to keep, and room to spare on a 16 GB T4),
+# with the precision and gradient checkpointing `dbtutor.memory.gpu_settings(kind="lora")` picks for the card, and
+# fetches SD v1.5's fp16 files (`model.variant`, half the download). Full fine-tuning only when asked
+# (`lora_rank=0`, e.g. `DBTUTOR_NB_LORA_RANK=0`): then the full fine-tuning setting that fits (on a T4: gradient
+# checkpointing and 8-bit AdamW, `pip install 'dbtutor[gpu]'`). The command line's `gpu_settings()` prefers full
+# fine-tuning wherever it fits. The estimates (weights, gradients, optimizer state counted; activations measured
+# at 512 px with SD v1.5's architecture on a CPU; not measured on a GPU):
 
 # %%
 from IPython.display import Markdown, display
@@ -260,14 +277,18 @@ from dbtutor import memory
 
 display(Markdown(memory.table()))
 for gib, name in ((11.7, "a 12 GB card"), (14.7, "a 16 GB T4"), (22.0, "a 24 GB card")):
-    print(f"{name:14s} -> {memory.gpu_settings(gib, bnb=False, capability=(7, 5))['why']}")
+    print(f"{name}\n  the course:       {memory.gpu_settings(gib, bnb=True, kind='lora')['why'].split(':')[0]}"
+          f"\n  full, when asked: {memory.gpu_settings(gib, bnb=True, kind='full')['why'].split(':')[0]}"
+          f"\n  the command line: {memory.gpu_settings(gib, bnb=True)['why'].split(':')[0]} (bitsandbytes installed)")
 
 # %% [markdown]
 # The run itself, here and now, only when asked (`TRY_SD15 = True`, on a GPU; about 10 minutes on a T4): the
 # same `dbtutor.train` as every notebook, with the sd15 profile's config.
 
 # %%
-if TRY_SD15 and torch.cuda.is_available():
+if C.profile == "sd15":
+    print("this course runs the sd15 profile already: the runs above are its runs")
+elif TRY_SD15 and torch.cuda.is_available():
     run = sd.train()
     image_grid(sd.sample_rows(sd.ready(run.pipe), sd.prompts), rows=2, row_labels=sd.prompts, scale=2.5)
     plt.show()
@@ -278,7 +299,7 @@ else:
 # The command line does the same: `dbtutor train model.pretrained=stable-diffusion-v1-5/stable-diffusion-v1-5
 # model.data.instance_dir=data/dog6 "model.data.instance_prompt=a photo of sks dog"
 # "model.data.regularization_prompt=a photo of a dog" model.data.resolution=512 trainer.precision=16
-# model.lora.rank=16`, then `dbtutor sample --prompt "a photo of sks dog on the beach" ...`.
+# model.lora.rank=16 model.variant=fp16`, then `dbtutor sample --prompt "a photo of sks dog on the beach"`.
 #
 # ## 6. Use your model elsewhere
 #
@@ -297,7 +318,7 @@ display(Markdown(card.split("---", 2)[-1]))               # the card without its
 # %%
 from dbtutor.export import NotStableDiffusion, export
 
-for run in (frozen, lora):
+for run in {r.output_dir: r for r in (frozen, lora)}.values():    # the sd15 profile's are one run
     try:
         got = export(run.output_dir, C.work / "exports" / f"{run.output_dir.name}.safetensors")
         print(f"{run.output_dir.name}: a {got['kind']} of {got['tensors']} tensors, {got['bytes'] / 1e6:.1f} MB")

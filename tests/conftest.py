@@ -97,3 +97,24 @@ def save_tiny_encoders(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_encoders(tmp_path_factory):
     return save_tiny_encoders(tmp_path_factory.mktemp("encoders"))
+
+
+HUB_COMMIT = "f" * 40
+
+
+def fake_hub_cache(hf_home: Path, folder: Path, repo: str) -> Path:
+    """HF_HOME/hub/models--<org>--<name> with refs/main, blobs/<sha256> and snapshots/<commit>/<file> links to the
+    blobs: a complete download of `folder` (a pipeline, an encoder) as snapshot_download leaves it."""
+    import hashlib
+    entry = hf_home / "hub" / ("models--" + repo.replace("/", "--"))
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text(HUB_COMMIT)
+    (entry / "blobs").mkdir()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        blob = entry / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = entry / "snapshots" / HUB_COMMIT / f.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return entry

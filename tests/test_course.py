@@ -114,7 +114,7 @@ def test_the_remembered_settings_are_exactly_those_that_name_a_run(work):
             return value * 2 + 8
         if isinstance(value, course.Path):
             return DOG6
-        return {"dpm": "ddim"}.get(value, value + "x")
+        return {"dpm": "ddim", "32": "bf16", "": "fp16"}.get(value, value + "x")
 
     base = course.run_dir(work, course.run_config(course.settings("toy").overrides, work))
     naming = set()
@@ -156,17 +156,20 @@ def test_a_gpu_profile_without_a_gpu_stops_in_setup_with_one_line(work, monkeypa
 
 
 def test_sd15_on_a_gpu_takes_the_memory_settings_for_that_card(work, monkeypatch):
+    """What gpu_settings decides reaches the course's config (tests/test_gpu_route.py: what it decides on a T4)."""
     import torch
 
     import dbtutor.memory
     import dbtutor.pipeline
     monkeypatch.setattr(dbtutor.pipeline, "pick_device", lambda device="auto": torch.device("cuda"))
-    picked = {"model.lora.rank": 0, "model.gradient_checkpointing": True, "optim.use_8bit_adam": False,
-              "optim.lr": 5e-6, "trainer.precision": "bf16", "why": "a 24 GB card"}
-    monkeypatch.setattr(dbtutor.memory, "gpu_settings", lambda *a, **k: dict(picked))
+    picked = {"model.lora.rank": 16, "model.gradient_checkpointing": True, "optim.use_8bit_adam": False,
+              "optim.lr": 1e-4, "trainer.precision": "bf16", "why": "a 24 GB card"}
+    asked = []
+    monkeypatch.setattr(dbtutor.memory, "gpu_settings", lambda *a, **k: asked.append(k) or dict(picked))
     c = course.settings("sd15")
-    assert (c.lora_rank, c.lr, c.precision, c.dtype) == (0, 5e-6, "bf16", torch.float16)
+    assert (c.lora_rank, c.lr, c.precision, c.dtype, c.variant) == (16, 1e-4, "bf16", torch.float16, "fp16")
     assert c.overrides["trainer.precision"] == "bf16" and c.overrides["trainer.device"] == "cuda"
+    assert asked == [{"train_text_encoder": False, "kind": "lora"}]
     assert course.settings("toy").precision == "32"           # the toy world ignores the card
 
 

@@ -78,4 +78,29 @@ def test_no_cuda_gives_the_cpu_settings():
 
 def test_the_table_marks_estimates():
     text = memory.table()
-    assert text.count("\n") == 12 and "estimate" in text and "not measured" in text
+    assert text.count("\n") == 13 and "estimate" in text and "not measured" in text
+    assert "| LoRA r=16, checkpointing off, AdamW, text encoder trained |" in text
+
+
+@pytest.mark.parametrize("bnb", [True, False])
+@pytest.mark.parametrize("te", [False, True])
+def test_the_course_route_on_a_t4_is_lora_and_full_fine_tuning_only_when_asked(bnb, te):
+    """kind="lora" (the course's choice) gives LoRA whatever is installed, the text encoder's adapters included,
+    at diffusers' LoRA learning rate; kind="full" gives full fine-tuning, with 8-bit AdamW and checkpointing where
+    that is what fits, at 5e-6 (2e-6 with the text encoder trained)."""
+    lora = gpu_settings(14.7, bnb, train_text_encoder=te, kind="lora")
+    s = Setting(lora["model.lora.rank"], lora["model.gradient_checkpointing"], lora["optim.use_8bit_adam"], te)
+    assert s.lora_rank == 16 and not s.use_8bit_adam and lora["optim.lr"] == 1e-4 and fits(s, 14.7)
+    assert "may run out of memory" not in lora["why"] and ("text encoder trained" in lora["why"]) == te
+    full = gpu_settings(14.7, bnb, train_text_encoder=te, kind="full")
+    assert full["model.lora.rank"] == 0 and full["optim.lr"] == (2e-6 if te else 5e-6)
+    assert full["model.gradient_checkpointing"] and full["optim.use_8bit_adam"] == bnb
+    f = Setting(0, True, bnb, te)
+    assert ("may run out of memory" in full["why"]) == (not fits(f, 14.7))
+    assert fits(f, 14.7) == (bnb and not te)          # diffusers: the text encoder trained too needs 24 GB
+    if not bnb and not te:
+        assert "pip install 'dbtutor[gpu]'" in full["why"]
+    assert gpu_settings(22.0, bnb, kind="lora")["model.lora.rank"] == 16      # a larger card: still LoRA
+    with pytest.raises(ValueError, match="kind='half' is not one of any, full, lora"):
+        gpu_settings(14.7, bnb, kind="half")
+

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, TOKENIZER, make_tiny_pipeline
+from conftest import HUB_COMMIT, ROOT, TOKENIZER, fake_hub_cache, make_tiny_pipeline
 from dbtutor.cli import main
 from dbtutor.errors import ConfigError
 from dbtutor.model_check import check_model
@@ -215,7 +215,7 @@ CASES.update({
     "index-unknown-scheduler": ("model_index.json", edit_json(scheduler=["diffusers", "NoSuchScheduler"]),
                                 "scheduler", "model_index.json", ["NoSuchScheduler", "does not have"]),
 })
-ADVICE = ("download or copy the model again", "restore", "git lfs pull", "rename that file", "instead, such as",
+ADVICE = ("download or copy the model again", "restore", "git lfs pull", "set model.variant=", "instead, such as",
           "pip install", "with a complete copy of that part")
 
 
@@ -400,25 +400,7 @@ def test_the_check_reads_a_folder_again_only_when_a_file_changed(tiny_pipeline_d
 
 # ---- a hub id: its cached download, laid out as huggingface_hub lays it out -----------------------------------
 
-REPO, COMMIT = "dbtutor-test/tiny-sd", "f" * 40
-
-
-def fake_hub_cache(hf_home: Path, pipeline: Path) -> Path:
-    """HF_HOME/hub/models--dbtutor-test--tiny-sd with refs/main, blobs/<sha256> and snapshots/<commit>/<file>
-    links to the blobs: a complete download of `pipeline` as snapshot_download leaves it."""
-    import hashlib
-    entry = hf_home / "hub" / ("models--" + REPO.replace("/", "--"))
-    (entry / "refs").mkdir(parents=True)
-    (entry / "refs" / "main").write_text(COMMIT)
-    (entry / "blobs").mkdir()
-    for f in sorted(p for p in pipeline.rglob("*") if p.is_file()):
-        data = f.read_bytes()
-        blob = entry / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        link = entry / "snapshots" / COMMIT / f.relative_to(pipeline)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    return entry
+REPO, COMMIT = "dbtutor-test/tiny-sd", HUB_COMMIT
 
 
 def run_cli(args, hf_home):
@@ -434,7 +416,7 @@ def run_cli(args, hf_home):
 @pytest.mark.skipif(os.name == "nt", reason="the fake cache uses symbolic links")
 def test_a_hub_ids_cached_download(tiny_pipeline_dir, tmp_path):
     hf = tmp_path / "hf"
-    entry = fake_hub_cache(hf, tiny_pipeline_dir)
+    entry = fake_hub_cache(hf, tiny_pipeline_dir, REPO)
     args = ["sample", "--model", REPO, "--num", "1", "--out", str(tmp_path / "grid.png"),
             "model.sampling.num_inference_steps=1", "trainer.device=cpu"]
     rc, lines, err = run_cli(args, hf)                  # complete: found offline and sampled

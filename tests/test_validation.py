@@ -146,14 +146,14 @@ def test_a_missing_tracker_library_is_one_line(tiny_config, monkeypatch):
 def test_real_photos_are_scored_with_local_clip_and_dino_or_say_once_why_not(tiny_config, tmp_path, capsys,
                                                                              monkeypatch):
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, Dinov2Config, Dinov2Model
-    import dbtutor.evaluate as E
     photos = tmp_path / "photos"                                         # no subject.json: not the toy world
     photos.mkdir()
     for p in sorted(SUBJECT.glob("*.png"))[:3]:
         shutil.copy(p, photos / p.name)
     cfg = tiny_config(**{"model.data.instance_dir": str(photos), "trainer.max_steps": 2,
                          "trainer.validation.every": 2})
-    monkeypatch.setattr(E, "CLIP_MODEL", "nobody/clip-not-on-this-machine")
+    monkeypatch.setenv("DBTUTOR_CLIP_MODEL", "nobody/clip-not-on-this-machine")
+    monkeypatch.setenv("DBTUTOR_DINO_MODEL", "nobody/dino-not-on-this-machine")
     dbtutor.train(cfg)
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("validation:")]
     assert len(said) == 1 and "no scores" in said[0] and "never downloaded" in said[0]
@@ -170,8 +170,13 @@ def test_real_photos_are_scored_with_local_clip_and_dino_or_say_once_why_not(tin
     CLIPTokenizer.from_pretrained(SUBJECT.parent.parent / "models" / "toyworld" / "tokenizer").save_pretrained(clip)
     Dinov2Model(Dinov2Config(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                              num_attention_heads=2)).save_pretrained(dino)
-    monkeypatch.setattr(E, "CLIP_MODEL", str(clip))
-    monkeypatch.setattr(E, "DINO_MODEL", str(dino))
+    monkeypatch.setenv("DBTUTOR_DINO_MODEL", str(dino))                # DINOv2 here, CLIP not: DINO scores alone
+    dbtutor.train(tiny_config(**{"model.data.instance_dir": str(photos), "trainer.max_steps": 2,
+                                 "trainer.validation.every": 2, "output_dir": str(tmp_path / "dino")}))
+    v = load_validations(tmp_path / "dino")
+    assert v.scorer == "clip" and v.steps == [0, 2]
+    assert all(set(s) == {"dino"} for r in v.records for s in r["scores"].values())
+    monkeypatch.setenv("DBTUTOR_CLIP_MODEL", str(clip))                # both here: CLIP-I too
     dbtutor.train(tiny_config(**{"model.data.instance_dir": str(photos), "trainer.max_steps": 2,
                                  "trainer.validation.every": 2, "output_dir": str(tmp_path / "scored")}))
     v = load_validations(tmp_path / "scored")
