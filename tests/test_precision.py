@@ -153,6 +153,61 @@ def test_frozen_weights_go_half_on_a_gpu_and_come_back_bit_identical(tiny_config
             assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before[name].items()), name
 
 
+def lora_parts(cfg, round_to=None):
+    """A tiny pipeline with LoRA adapters, its VAE and text encoder frozen, every weight first rounded to `round_to`
+    (as weights loaded from fp16 files are) unless None. Returns {name: module} for half_frozen."""
+    from conftest import make_tiny_pipeline
+    from dbtutor.lora import add_lora
+    pipe = make_tiny_pipeline()
+    if round_to is not None:
+        for p in pipe.components.values():
+            if isinstance(p, torch.nn.Module):
+                for w in p.parameters():
+                    w.data = w.data.to(round_to).float()
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    add_lora(cfg, pipe.unet, pipe.text_encoder)
+    return {"unet": pipe.unet, "text_encoder": pipe.text_encoder, "vae": pipe.vae}
+
+
+def copies(kept: dict) -> set:
+    return {k for k, v in kept.items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.mark.parametrize("precision,round_to,needs_copies", [
+    ("16", torch.float16, False),          # SD's fp16 variant loaded in float32, trained in fp16: nothing to keep
+    ("16", None, True),                    # float32 weights: each tensor half precision rounds is copied
+    ("bf16", torch.bfloat16, False),
+    ("bf16", torch.float16, True),         # float16's 10 mantissa bits do not fit bfloat16's 7
+])
+def test_half_frozen_keeps_a_copy_only_of_weights_half_precision_rounds(tiny_config, precision, round_to,
+                                                                        needs_copies):
+    from dbtutor.precision import HALF, kept_bytes
+    cfg = tiny_config(**{"trainer.precision": precision, "model.lora.rank": 4})
+    parts = lora_parts(cfg, round_to)
+    if not needs_copies:                   # one number off by one float32 step: that tensor alone is copied
+        nudged = parts["vae"].encoder.conv_in.weight
+        nudged.data[0, 0, 0, 0] = torch.nextafter(nudged.data[0, 0, 0, 0], torch.tensor(2.0))
+    before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in parts.items()}
+    kept = half_frozen(cfg, parts, torch.device("cuda"))                # (only the device's type is read)
+    frozen = {(n, k) for n, m in parts.items() for k, p in m.named_parameters() if not p.requires_grad}
+    assert set(kept) == frozen and len(frozen) > 100
+    rounds = {(n, k) for n, k in frozen if not torch.equal(before[n][k].to(HALF[precision]).float(), before[n][k])}
+    assert copies(kept) == rounds                                       # exactly those, nothing else
+    if needs_copies:
+        assert 0.5 * len(frozen) < len(rounds) < len(frozen)            # most (norms' ones and zeros round exactly)
+    else:
+        assert rounds == {("vae", "encoder.conv_in.weight")}
+    assert kept_bytes(kept) == sum(before[n][k].numel() * 4 for n, k in rounds)
+    for name, m in parts.items():
+        for pname, p in m.named_parameters():
+            assert p.dtype == (torch.float32 if p.requires_grad else HALF[precision]), (name, pname)
+    restore_frozen(parts, kept)
+    for name, m in parts.items():
+        after = m.state_dict()
+        assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before[name].items()), name
+
+
 def test_8bit_adam_without_bitsandbytes_or_cuda_is_one_line(tiny_config, monkeypatch):
     cfg = tiny_config(**{"optim.use_8bit_adam": True})
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)              # import bitsandbytes -> ImportError
