@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ConfigError, TrainingError
+from .hooks import device_kind
 
 MIXED_PRECISION = {"32": "no", "bf16": "bf16", "16": "fp16"}       # trainer.precision -> accelerate's name
 HALF = {"16": torch.float16, "bf16": torch.bfloat16}
@@ -20,7 +21,7 @@ INSTALL_8BIT = "pip install 'dbtutor[gpu]' (or pip install bitsandbytes)"
 
 def check_precision(cfg, device: torch.device):
     """Preflight: the precision and optimizer the config asks for exist on this device (one line if not)."""
-    if cfg.trainer.precision == "16" and device.type != "cuda":
+    if cfg.trainer.precision == "16" and device_kind(device) != "cuda":
         raise ConfigError("trainer.precision=16 needs a CUDA GPU; on a CPU use 32 or bf16")
     if cfg.optim.use_8bit_adam:
         _bitsandbytes(device)
@@ -34,7 +35,7 @@ def _bitsandbytes(device: torch.device):
         why = "is not installed" if isinstance(e, ImportError) else f"does not load ({type(e).__name__})"
         raise ConfigError(f"optim.use_8bit_adam=true needs bitsandbytes, which {why}: {INSTALL_8BIT}, or set "
                           "optim.use_8bit_adam=false") from None
-    if device.type != "cuda":
+    if device_kind(device) != "cuda":
         raise ConfigError(f"optim.use_8bit_adam=true needs a CUDA GPU (bitsandbytes' 8-bit AdamW); on this "
                           f"{device.type} set optim.use_8bit_adam=false")
     return bitsandbytes
@@ -77,6 +78,9 @@ def make_accelerator(cfg, device: torch.device):
         raise ConfigError(f"trainer.precision={cfg.trainer.precision} or trainer.device={cfg.trainer.device} differs "
                           "from what this multi-process launch started with: launch again (accelerate launch "
                           "--mixed_precision no|bf16|fp16 for 32|bf16|16)") from None
+    if cfg.trainer.precision == "16" and device_kind(device) != device.type:   # a CPU counted as CUDA (hooks.py):
+        accelerator.scaler = torch.amp.GradScaler(device.type)    # what Accelerator gives a CUDA device with fp16:
+        accelerator.native_amp = True                             # its GradScaler, and autocast in float16
     return accelerator
 
 
@@ -116,7 +120,7 @@ def half_frozen(cfg, modules, device) -> dict:
 
     `modules`: {name: module}, e.g. the pipeline's unet, text_encoder and vae."""
     dtype = HALF.get(cfg.trainer.precision)
-    if dtype is None or torch.device(device).type != "cuda":
+    if dtype is None or device_kind(device) != "cuda":
         return {}
     kept = {}
     for name, module in modules.items():
