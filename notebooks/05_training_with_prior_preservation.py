@@ -120,12 +120,15 @@ assert torch.allclose(loss, loss_by_hand)
 # unbroken one does. Here in one cell, for `LOOP_STEPS` steps, on the package's own pieces: the cached latents, the
 # two prompts' embeddings (the text encoder is frozen), `dreambooth_loss`. The sd15 profile trains LoRA adapters
 # (`add_lora`) instead of the whole UNet; the loop is the same. In float32, so that it can be compared with
-# `dbtutor.train` on the same settings, trained first (a short run of its own):
+# `dbtutor.train` on the same settings, trained first (a short run of its own). Each loads its own float32
+# pipeline, so section 1's copy is freed first (on a GPU it would hold 2 GiB of the memory training needs):
 
 # %%
 from dbtutor.lora import add_lora, trainable_parameters
 from dbtutor.train import step_generator
 
+pipe = None                                                          # section 1's pipeline: freed
+course.free_memory()
 loop_cfg = course.run_config({**C.overrides, "trainer.max_steps": LOOP_STEPS, "trainer.precision": "32",
                               "trainer.validation.every": 0, "model.sampling.card_seeds": 0}, C.work)
 reference = dbtutor.train(loop_cfg, progress=False)
