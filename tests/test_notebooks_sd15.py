@@ -37,6 +37,7 @@ def sd15_env(tmp_path_factory):
         "DBTUTOR_NB_NUM_REG_IMAGES": "4", "DBTUTOR_NB_SAMPLES_PER_PROMPT": "2", "DBTUTOR_NB_SAMPLER_STEPS": "3",
         "DBTUTOR_NB_SAMPLE_BATCH": "2", "DBTUTOR_NB_DTYPE": "float16",
         "DBTUTOR_CLIP_MODEL": str(root / "encoders" / "clip"), "DBTUTOR_DINO_MODEL": str(root / "encoders" / "dino"),
+        "DBTUTOR_SIMULATE_CUDA": "1",        # dbtutor/hooks.py: sampling under float16 autocast, as on a GPU
         "OMP_NUM_THREADS": os.environ.get("DBTUTOR_TEST_THREADS", "2"),
     }
 
