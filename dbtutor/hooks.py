@@ -1,11 +1,13 @@
-"""The test hooks, inert unless the environment asks: fault points that stop a run at an exact place, and a log of
-what each training process generated, encoded and drew.
+"""The test hooks, inert unless the environment asks: fault points that stop a run at an exact place, a log of
+what each training process generated, encoded and drew, and the CUDA branches taken on a CPU.
 
     DBTUTOR_FAULT=<point>:<n>[:INT]   fault_point: the n-th pass of a named point kills this process (or Ctrl-C)
     DBTUTOR_RANK_LOG=<folder>         RunHooks: each training process writes rank_<r>.json into the folder
+    DBTUTOR_SIMULATE_CUDA=1           device_kind: a CPU counts as CUDA for the precision decisions
 
-tests/test_fault_injection.py and tests/test_distributed.py use them; nothing else does. The training loop reaches
-them through one RunHooks object (drew, step_done, finish), so its body reads as the algorithm.
+tests/test_fault_injection.py and tests/test_distributed.py use the first two, the fp16 tests and the sd15 notebook
+test the third; nothing else does. The training loop reaches them through one RunHooks object (drew, step_done,
+finish), so its body reads as the algorithm.
 """
 from __future__ import annotations
 
@@ -13,8 +15,11 @@ import os
 import signal
 from pathlib import Path
 
+import torch
+
 FAULT_ENV = "DBTUTOR_FAULT"
 RANK_LOG = "DBTUTOR_RANK_LOG"   # a folder: each process writes rank_<r>.json (what it generated, encoded, drew)
+SIMULATE_CUDA = "DBTUTOR_SIMULATE_CUDA"   # "1": a CPU device counts as CUDA for the precision decisions
 _fault_hits: dict[str, int] = {}
 
 
@@ -34,6 +39,20 @@ def fault_point(name: str) -> None:
     _fault_hits[name] = _fault_hits.get(name, 0) + 1
     if _fault_hits[name] == int(n):
         os.kill(os.getpid(), signal.SIGINT if how == ["INT"] else getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+def device_kind(device) -> str:
+    """The type of `device` (a torch.device or its name) as the CUDA decisions see it: its own type, except 'cuda'
+    for a CPU under DBTUTOR_SIMULATE_CUDA=1 (TEST HOOK).
+
+    The code asks this, and only this, wherever a GPU run differs from a CPU run in precision: float16 training
+    allowed (check_precision), accelerate's GradScaler (make_accelerator), frozen weights in half (half_frozen),
+    float16 autocast and float16 pipelines for sampling (pipeline.sample, sampling_dtype), accelerate's own gradient
+    clipping (train.clip_gradients). So CI takes every one of those branches with the tensors on the CPU; autocast
+    then runs on the tensors' own device type, 'cpu', in float16, as it runs on 'cuda' on a GPU. Nothing else
+    changes: a GPU's kernels, memory and speed are not simulated."""
+    kind = torch.device(device).type
+    return "cuda" if kind == "cpu" and os.environ.get(SIMULATE_CUDA) == "1" else kind
 
 
 class RunHooks:

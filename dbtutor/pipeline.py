@@ -1,6 +1,7 @@
 """Load a Stable Diffusion pipeline (local folder or hub id) in float32, every weight checked, and sample from it."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import warnings
@@ -10,6 +11,7 @@ import torch
 
 from .errors import ConfigError
 from .fileio import atomic_path
+from .hooks import device_kind
 
 SCHEDULERS = {"dpm": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
               "euler": "EulerDiscreteScheduler"}
@@ -23,7 +25,7 @@ SLICE_FROM_PX = 256
 def sampling_dtype(device) -> torch.dtype:
     """The dtype a pipeline that only samples is loaded in: float16 on a CUDA GPU (half the memory, tensor cores,
     what diffusers samples in there), float32 elsewhere."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    return torch.float16 if device_kind(device) == "cuda" else torch.float32
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -258,12 +260,12 @@ def sample(pipe, prompts: list[str] | str, seeds: list[int] | int = 0, num_infer
     shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
     if shape[-1] * pipe.vae_scale_factor >= SLICE_FROM_PX:
         pipe.vae.enable_slicing()
-    half = device.type == "cuda"          # also a pipeline whose parts differ in dtype (frozen weights in half)
+    half = device_kind(device) == "cuda"  # also a pipeline whose parts differ in dtype (frozen weights in half)
     images = []
     for i in range(0, len(prompts), batch_size):
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i:i + batch_size]]
         latents = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, pipe.unet.dtype)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=half):
+        with torch.autocast(device.type, dtype=torch.float16) if half else contextlib.nullcontext():
             out = pipe(prompts[i:i + batch_size], num_inference_steps=num_inference_steps,
                        guidance_scale=guidance_scale, latents=latents,
                        negative_prompt=negative_prompt and [negative_prompt] * len(gens))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ConfigError, TrainingError
+from .hooks import device_kind
 
 MIXED_PRECISION = {"32": "no", "bf16": "bf16", "16": "fp16"}       # trainer.precision -> accelerate's name
 HALF = {"16": torch.float16, "bf16": torch.bfloat16}
@@ -20,7 +21,7 @@ INSTALL_8BIT = "pip install 'dbtutor[gpu]' (or pip install bitsandbytes)"
 
 def check_precision(cfg, device: torch.device):
     """Preflight: the precision and optimizer the config asks for exist on this device (one line if not)."""
-    if cfg.trainer.precision == "16" and device.type != "cuda":
+    if cfg.trainer.precision == "16" and device_kind(device) != "cuda":
         raise ConfigError("trainer.precision=16 needs a CUDA GPU; on a CPU use 32 or bf16")
     if cfg.optim.use_8bit_adam:
         _bitsandbytes(device)
@@ -34,7 +35,7 @@ def _bitsandbytes(device: torch.device):
         why = "is not installed" if isinstance(e, ImportError) else f"does not load ({type(e).__name__})"
         raise ConfigError(f"optim.use_8bit_adam=true needs bitsandbytes, which {why}: {INSTALL_8BIT}, or set "
                           "optim.use_8bit_adam=false") from None
-    if device.type != "cuda":
+    if device_kind(device) != "cuda":
         raise ConfigError(f"optim.use_8bit_adam=true needs a CUDA GPU (bitsandbytes' 8-bit AdamW); on this "
                           f"{device.type} set optim.use_8bit_adam=false")
     return bitsandbytes
@@ -69,14 +70,18 @@ def make_accelerator(cfg, device: torch.device):
         GradientState._reset_state()
     from .tracking import accelerator_kwargs
     try:
-        return Accelerator(mixed_precision=MIXED_PRECISION[cfg.trainer.precision], cpu=device.type == "cpu",
-                           **accelerator_kwargs(cfg))
+        accelerator = Accelerator(mixed_precision=MIXED_PRECISION[cfg.trainer.precision], cpu=device.type == "cpu",
+                                  **accelerator_kwargs(cfg))
     except ValueError as e:
         if "already been initialized" not in str(e):
             raise
         raise ConfigError(f"trainer.precision={cfg.trainer.precision} or trainer.device={cfg.trainer.device} differs "
                           "from what this multi-process launch started with: launch again (accelerate launch "
                           "--mixed_precision no|bf16|fp16 for 32|bf16|16)") from None
+    if cfg.trainer.precision == "16" and device_kind(device) != device.type:   # a CPU counted as CUDA (hooks.py):
+        accelerator.scaler = torch.amp.GradScaler(device.type)    # what Accelerator gives a CUDA device with fp16:
+        accelerator.native_amp = True                             # its GradScaler, and autocast in float16
+    return accelerator
 
 
 def loss_scale(accelerator) -> float | None:
@@ -106,25 +111,36 @@ def half_frozen(cfg, modules, device) -> dict:
     """On a CUDA GPU with trainer.precision 16 or bf16: every frozen weight (the VAE; the text encoder unless it
     trains; with LoRA the base weights under the adapters) in that dtype, as diffusers' DreamBooth scripts do: half
     the memory, and autocast computes in that dtype anyway. Trained weights stay float32 (the optimizer's and the
-    GradScaler's requirement). Returns the float32 originals, kept on the CPU, for restore_frozen; on a CPU or with
-    precision 32 nothing changes and it returns {}.
+    GradScaler's requirement). On a CPU or with precision 32 nothing changes and it returns {}.
+
+    Returns what restore_frozen needs to put every halved weight back exactly: per weight its original dtype when
+    casting the half tensor back restores it bit for bit (weights loaded from fp16 files, such as Stable Diffusion's
+    fp16 variant, for float16), else a copy of the original on the CPU. So the CPU holds copies only of weights that
+    half precision would round.
 
     `modules`: {name: module}, e.g. the pipeline's unet, text_encoder and vae."""
     dtype = HALF.get(cfg.trainer.precision)
-    if dtype is None or torch.device(device).type != "cuda":
+    if dtype is None or device_kind(device) != "cuda":
         return {}
     kept = {}
     for name, module in modules.items():
         for pname, p in module.named_parameters():
             if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
-                kept[(name, pname)] = p.detach().to("cpu", copy=True)
-                p.data = p.data.to(dtype)
+                half = p.data.to(dtype)
+                exact = torch.equal(half.to(p.dtype), p.data)       # NaN compares unequal: then a copy is kept
+                kept[(name, pname)] = p.dtype if exact else p.detach().to("cpu", copy=True)
+                p.data = half
     return kept
 
 
+def kept_bytes(kept: dict) -> int:
+    """The CPU memory the copies of half_frozen's answer hold, in bytes."""
+    return sum(v.numel() * v.element_size() for v in kept.values() if isinstance(v, torch.Tensor))
+
+
 def restore_frozen(modules, kept: dict):
-    """Put back the float32 frozen weights half_frozen kept: the saved and returned pipeline is float32 throughout,
-    its frozen parts bit-identical to the base model's."""
+    """Put back the frozen weights half_frozen halved, bit-identical to the base model's: the saved and returned
+    pipeline is float32 throughout."""
     for (name, pname), value in kept.items():
         p = modules[name].get_parameter(pname)
-        p.data = value.to(p.device)
+        p.data = p.data.to(value) if isinstance(value, torch.dtype) else value.to(p.device)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .config import cached_dirs
 from .data import scan_images
 from .errors import TrainingError
-from .hooks import RunHooks
+from .hooks import RunHooks, device_kind
 from .latent_cache import LatentSource, latent_shape as vae_latent_shape
 from .locks import hold
 from .pipeline import check_pretrained, load_pipeline, pick_device
@@ -65,9 +65,9 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 def clip_gradients(accelerator, params, max_norm: float):
     """accelerator.clip_grad_norm_, minus the rescaling pass when it would multiply by 1 (norm below max_norm):
     the same result, half the memory traffic. Only on a CPU (where reading the norm costs no device sync) with one
-    process or DDP; otherwise (GPU, FSDP, DeepSpeed, XLA) accelerate's own."""
+    process or DDP; otherwise (GPU, FSDP, DeepSpeed, XLA; a CPU counted as CUDA, hooks.py) accelerate's own."""
     from accelerate.utils import DistributedType
-    if accelerator.device.type != "cpu" or accelerator.distributed_type not in (DistributedType.NO,
+    if device_kind(accelerator.device) != "cpu" or accelerator.distributed_type not in (DistributedType.NO,
                                                                                 DistributedType.MULTI_CPU):
         return accelerator.clip_grad_norm_(params, max_norm)
     accelerator.unscale_gradients()

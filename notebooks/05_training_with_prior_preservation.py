@@ -132,12 +132,15 @@ assert torch.allclose(loss, loss_by_hand)
 # (`add_lora`) instead of the whole UNet; the loop is the same. In float32, so that it can be compared with
 # `dbtutor.train` on the same settings, trained first (a short run of its own). On a GPU this loop trains LoRA
 # adapters whatever the course trains: the whole UNet with plain AdamW in float32 needs about 15.7 GiB, more than
-# a T4 has (`python -m dbtutor.memory`):
+# a T4 has (`python -m dbtutor.memory`). Each loads its own float32 pipeline, so section 1's copy is freed first (on
+# a GPU it would hold 2 GiB of the memory training needs):
 
 # %%
 from dbtutor.lora import add_lora, trainable_parameters
 from dbtutor.train import step_generator
 
+pipe = None                                                          # section 1's pipeline: freed
+course.free_memory()
 loop_cfg = course.run_config({**C.overrides, "trainer.max_steps": LOOP_STEPS, "trainer.precision": "32",
                               "trainer.validation.every": 0, "model.sampling.card_seeds": 0,
                               "model.lora.rank": C.lora_rank or (16 if C.device.type == "cuda" else 0)}, C.work)

@@ -121,3 +121,29 @@ def test_leftovers_of_a_killed_run_are_removed_and_entries_without_manifest_reus
     live.write_bytes(b"half")
     assert run(images, cache, vae)[1:] == ([], 5)
     assert not dead.exists() and live.exists() and (cache / MANIFEST).exists()
+
+
+def test_the_vae_in_float16_shares_the_cache_and_another_vae_does_not(images, tmp_path, tiny_pipeline_dir, vae):
+    """A notebook encodes with its float16 sampling copy, training reads with the float32 VAE: one set of entries.
+    A VAE whose encoder differs by one float16 step in one number, or whose config differs, gets its own."""
+    import copy
+
+    from dbtutor.latent_cache import vae_identity
+    cache = tmp_path / "cache"
+    half = load_pipeline(str(tiny_pipeline_dir), dtype=torch.float16).vae
+    assert vae_identity(half) == vae_identity(vae)
+    c16, enc, reused = run(images, cache, half)
+    assert (len(enc), reused) == (5, 0)
+    c32, enc, reused = run(images, cache, vae)
+    assert (enc, reused) == ([], 5) and torch.equal(c32["mean"], c16["mean"])
+    fresh = cache_latents(scan_images(images), tmp_path / "fresh", vae, 32)          # what float32 encodes
+    assert 0 < (c16["mean"] - fresh["mean"]).abs().max() < 0.05 * fresh["mean"].abs().max()
+
+    one_step = copy.deepcopy(vae)
+    w = one_step.encoder.conv_in.weight.data
+    w[0, 0, 0, 0] = (w[0, 0, 0, 0].half().view(torch.int16) + 1).view(torch.float16).float()  # next float16 up
+    config = copy.deepcopy(vae)
+    config.register_to_config(scaling_factor=0.5)
+    for other in (one_step, config):
+        assert vae_identity(other) != vae_identity(vae)
+        assert run(images, cache, other)[1:] == (["00.png", "01.png", "02.png", "03.png", "04.png"], 0)

@@ -1,6 +1,7 @@
-"""Mixed precision on the CPU: fp16 loss scaling as accelerate does it on CUDA (an overflowing step skipped, the scale
-backed off, restored on resume), another precision in the same process, frozen weights in half and back, 8-bit
-AdamW's one-line errors, VAE slicing for large images."""
+"""Mixed precision on the CPU: fp16 loss scaling as accelerate does it on CUDA, on a CPU counted as CUDA
+(DBTUTOR_SIMULATE_CUDA, dbtutor/hooks.py: an overflowing step skipped, the scale backed off, restored on resume),
+another precision in the same process, frozen weights in half and back (copies kept only of what half precision
+rounds), float16 autocast in sampling, 8-bit AdamW's one-line errors, VAE slicing for large images."""
 import importlib
 import math
 import sys
@@ -18,24 +19,12 @@ from dbtutor.precision import half_frozen, make_optimizer, restore_frozen
 T = importlib.import_module("dbtutor.train")        # the module (dbtutor.train is also the function)
 
 
-def fp16_as_on_cuda(monkeypatch):
-    """Every Accelerator train() makes gets a GradScaler, as accelerate gives one on CUDA with fp16 (on a CPU it makes
-    none); autocast in float16 on the CPU. Returns the list of accelerators made."""
-    made = []
-    real = T.make_accelerator
-
-    def make(cfg, device):
-        real(cfg, device)                                # resets accelerate's state, as every run does
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState, GradientState
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-        acc = Accelerator(mixed_precision="fp16", cpu=True)
-        acc.scaler, acc.native_amp = torch.amp.GradScaler("cpu"), True   # what Accelerator.__init__ sets on CUDA
-        made.append(acc)
-        return acc
-    monkeypatch.setattr(T, "make_accelerator", make)
-    return made
+def fp16_as_on_cuda(monkeypatch, tiny_config):
+    """trainer.precision=16 on a CPU that counts as CUDA (DBTUTOR_SIMULATE_CUDA=1, dbtutor/hooks.py): accelerate's
+    GradScaler, autocast in float16 on the CPU, the frozen weights in half. Returns a config maker for it."""
+    from dbtutor.hooks import SIMULATE_CUDA
+    monkeypatch.setenv(SIMULATE_CUDA, "1")
+    return lambda **overrides: tiny_config(**{"trainer.precision": "16", **overrides})
 
 
 def overflow_at(monkeypatch, backward: int):
@@ -57,7 +46,7 @@ def overflow_at(monkeypatch, backward: int):
 @pytest.mark.slow
 @pytest.mark.versions
 def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backs_off(tiny_config, monkeypatch):
-    fp16_as_on_cuda(monkeypatch)
+    tiny_config = fp16_as_on_cuda(monkeypatch, tiny_config)
     overflow_at(monkeypatch, 3)
     norms = []
     clip = T.clip_gradients
@@ -80,7 +69,7 @@ def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backs_off(tiny_config
 @pytest.mark.slow
 @pytest.mark.versions
 def test_a_resumed_fp16_run_goes_on_with_its_loss_scale(tiny_config, monkeypatch, tmp_path):
-    fp16_as_on_cuda(monkeypatch)
+    tiny_config = fp16_as_on_cuda(monkeypatch, tiny_config)
     overflow_at(monkeypatch, 2)
     whole = dbtutor.train(tiny_config(**{"output_dir": str(tmp_path / "whole")}))
     keep = {"output_dir": str(tmp_path / "parts"), "trainer.keep_checkpoints": True}
@@ -151,6 +140,104 @@ def test_frozen_weights_go_half_on_a_gpu_and_come_back_bit_identical(tiny_config
         for name, m in parts.items():
             after = m.state_dict()
             assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before[name].items()), name
+
+
+def lora_parts(cfg, round_to=None):
+    """A tiny pipeline with LoRA adapters, its VAE and text encoder frozen, every weight first rounded to `round_to`
+    (as weights loaded from fp16 files are) unless None. Returns {name: module} for half_frozen."""
+    from conftest import make_tiny_pipeline
+    from dbtutor.lora import add_lora
+    pipe = make_tiny_pipeline()
+    if round_to is not None:
+        for p in pipe.components.values():
+            if isinstance(p, torch.nn.Module):
+                for w in p.parameters():
+                    w.data = w.data.to(round_to).float()
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    add_lora(cfg, pipe.unet, pipe.text_encoder)
+    return {"unet": pipe.unet, "text_encoder": pipe.text_encoder, "vae": pipe.vae}
+
+
+def copies(kept: dict) -> set:
+    return {k for k, v in kept.items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.mark.parametrize("precision,round_to,needs_copies", [
+    ("16", torch.float16, False),          # SD's fp16 variant loaded in float32, trained in fp16: nothing to keep
+    ("16", None, True),                    # float32 weights: each tensor half precision rounds is copied
+    ("bf16", torch.bfloat16, False),
+    ("bf16", torch.float16, True),         # float16's 10 mantissa bits do not fit bfloat16's 7
+])
+def test_half_frozen_keeps_a_copy_only_of_weights_half_precision_rounds(tiny_config, precision, round_to,
+                                                                        needs_copies):
+    from dbtutor.precision import HALF, kept_bytes
+    cfg = tiny_config(**{"trainer.precision": precision, "model.lora.rank": 4})
+    parts = lora_parts(cfg, round_to)
+    if not needs_copies:                   # one number off by one float32 step: that tensor alone is copied
+        nudged = parts["vae"].encoder.conv_in.weight
+        nudged.data[0, 0, 0, 0] = torch.nextafter(nudged.data[0, 0, 0, 0], torch.tensor(2.0))
+    before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in parts.items()}
+    kept = half_frozen(cfg, parts, torch.device("cuda"))                # (only the device's type is read)
+    frozen = {(n, k) for n, m in parts.items() for k, p in m.named_parameters() if not p.requires_grad}
+    assert set(kept) == frozen and len(frozen) > 100
+    rounds = {(n, k) for n, k in frozen if not torch.equal(before[n][k].to(HALF[precision]).float(), before[n][k])}
+    assert copies(kept) == rounds                                       # exactly those, nothing else
+    if needs_copies:
+        assert 0.5 * len(frozen) < len(rounds) < len(frozen)            # most (norms' ones and zeros round exactly)
+    else:
+        assert rounds == {("vae", "encoder.conv_in.weight")}
+    assert kept_bytes(kept) == sum(before[n][k].numel() * 4 for n, k in rounds)
+    for name, m in parts.items():
+        for pname, p in m.named_parameters():
+            assert p.dtype == (torch.float32 if p.requires_grad else HALF[precision]), (name, pname)
+    restore_frozen(parts, kept)
+    for name, m in parts.items():
+        after = m.state_dict()
+        assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before[name].items()), name
+
+
+def test_a_cpu_counts_as_cuda_only_when_the_environment_asks(tiny_config, monkeypatch):
+    """DBTUTOR_SIMULATE_CUDA=1 (dbtutor/hooks.py): a CPU takes the CUDA decisions; a GPU or MPS stays what it is."""
+    from dbtutor.hooks import SIMULATE_CUDA, device_kind
+    from dbtutor.pipeline import sampling_dtype
+    from dbtutor.precision import check_precision
+    cfg = tiny_config(**{"trainer.precision": "16", "model.lora.rank": 4})
+    for value in (None, "0", "yes"):                                    # only "1" switches it on
+        if value is None:
+            monkeypatch.delenv(SIMULATE_CUDA, raising=False)
+        else:
+            monkeypatch.setenv(SIMULATE_CUDA, value)
+        assert device_kind("cpu") == "cpu" and sampling_dtype("cpu") == torch.float32
+        assert half_frozen(cfg, lora_parts(cfg), "cpu") == {}
+        with pytest.raises(dbtutor.ConfigError, match="needs a CUDA GPU"):
+            check_precision(cfg, torch.device("cpu"))
+    monkeypatch.setenv(SIMULATE_CUDA, "1")
+    assert [device_kind(d) for d in ("cpu", torch.device("cpu"), "cuda", "cuda:1", "mps")] == ["cuda"] * 4 + ["mps"]
+    assert sampling_dtype("cpu") == torch.float16
+    check_precision(cfg, torch.device("cpu"))                           # fp16 training allowed
+    parts = lora_parts(cfg)
+    assert copies(half_frozen(cfg, parts, "cpu")) and parts["vae"].dtype == torch.float16
+
+
+def test_sample_autocasts_in_float16_where_a_gpu_would(monkeypatch):
+    """pipeline.sample on a CPU counted as CUDA: float16 autocast (on the CPU), for a float32 pipeline and a float16
+    one (a notebook's sampling copy); without the hook none."""
+    from conftest import make_tiny_pipeline
+    from dbtutor.hooks import SIMULATE_CUDA
+    from dbtutor.pipeline import sample
+    seen = []
+    pipe = make_tiny_pipeline()
+    pipe.unet.conv_in.register_forward_pre_hook(
+        lambda m, a: seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+    monkeypatch.delenv(SIMULATE_CUDA, raising=False)
+    sample(pipe, "a photo of a ball", [0, 1], num_inference_steps=1)
+    assert seen == [None]
+    monkeypatch.setenv(SIMULATE_CUDA, "1")
+    for dtype in (torch.float32, torch.float16):
+        seen.clear()
+        images = sample(pipe.to(dtype=dtype), "a photo of a ball", [0, 1], num_inference_steps=1)
+        assert seen == [torch.float16] and [im.size for im in images] == [(32, 32)] * 2
 
 
 def test_8bit_adam_without_bitsandbytes_or_cuda_is_one_line(tiny_config, monkeypatch):
