@@ -206,7 +206,7 @@ def write_results(out: Path, rows: list[dict], table: str, seconds: float, quick
     from dbtutor import load_config
     from dbtutor.ablate import flat_config
     from dbtutor.fileio import write_json, write_text
-    from dbtutor.same_run import model_fingerprint
+    from dbtutor.model_source import model_fingerprint
     from dbtutor.provenance import provenance, shown_path, shown_paths
     settings = {"model": shown_path(model), "model_fingerprint": model_fingerprint(model), "quick": quick,
                 "steps": next((r["steps"] for r in rows if "steps" in r), None), "lora_lr": lora_lr,

@@ -25,7 +25,8 @@ from .errors import ConfigError, DataError
 from .evaluate import DEFAULT_JUDGE, EVAL_SEED, METRICS, evaluate
 from .fileio import write_json, write_text
 from .provenance import provenance, shown_path, shown_paths
-from .same_run import changed_keys, flatten, model_fingerprint, training_config
+from .model_source import model_fingerprint
+from .same_run import changed_keys, flatten, training_config
 
 SUBJECTS_DIR = ROOT / "data" / "subjects"
 DEFAULTS = {"seeds": [0, 1, 2], "weights": [0.0, 0.25, 1.0], "num_samples": 4, "class_samples": 32}
@@ -169,7 +170,7 @@ def figure(table: dict, variants: list[str], path: Path, keys=("bind_attr", "bin
                                                                    "pres_attr", "class_colors", "subject_sim")):
     """One panel per metric: mean ± std over seeds against the variant, a line per subject, the base model dashed."""
     import matplotlib.pyplot as plt
-    from .plots import save_figure
+    from .figures import save_figure
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
     x = np.arange(len(variants))
     for ax, k in zip(axes.flat, keys):

@@ -77,7 +77,7 @@ def cmd_cache(args, cfg):
 
 def cmd_sample(args, cfg):
     from .pipeline import check_pretrained, is_run, load_trained, pick_device, sample, sampling_dtype
-    from .plots import save_grid
+    from .figures import save_grid
     trained = is_run(cfg.output_dir)
     src = args.model or (cfg.output_dir if trained else cfg.model.pretrained)
     if (Path(src) / "model_index.json").exists() or not is_run(src):
@@ -98,7 +98,7 @@ def cmd_sample(args, cfg):
 
 
 def cmd_eval(args, cfg):
-    from .evaluate import eval_command
+    from .eval_command import eval_command
     eval_command(cfg, model=args.model, backend=args.backend, num_samples=args.num_samples,
                  class_samples=args.class_samples, seed=args.seed, judge_dir=args.judge, clip_model=args.clip_model,
                  dino_model=args.dino_model, out=args.out)

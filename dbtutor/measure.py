@@ -47,7 +47,7 @@ class ClipMeasure:
     kind, unit = "DINOv2", "mean cosine similarity to the real photos (DINO)"
 
     def __init__(self, subject_dir, device="cpu"):
-        from .data import load_image, scan_images
+        from .images import load_image, scan_images
         from .encoders import Encoders, model_names
         names = model_names()
         self.enc = Encoders(names["clip"], names["dino"], device=device, load=("dino",))

@@ -1,14 +1,17 @@
 """Where a model is: a local pipeline folder, or a hub id's download in the Hugging Face cache (fetched as
-StableDiffusionPipeline.from_pretrained fetches it: only what is missing; offline, the cached copy as it is)."""
+StableDiffusionPipeline.from_pretrained fetches it: only what is missing; offline, the cached copy as it is), and
+the one fingerprint of a model's weights."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import os
 import warnings
 from pathlib import Path
 
 from .errors import ConfigError
+from .fileio import sha256_file
 from .weight_files import BadFile, read_json
 
 SD = "a Stable Diffusion 1.x/2.x pipeline folder (unet, vae, text_encoder, tokenizer, scheduler)"
@@ -78,3 +81,20 @@ def stock_variant(pretrained, variant: str | None) -> str | None:
     folder has no files of; dbtutor loads the main ones)."""
     folder = Path(str(pretrained)).expanduser()
     return variant if variant and (not folder.is_dir() or any(folder.glob(f"*/*.{variant}.*"))) else None
+
+
+def model_fingerprint(pretrained: str) -> str:
+    """A local pipeline folder: sha256 of its weight and config files, so a retrained model at the same path is
+    noticed (as the latent cache notices a new VAE). A hub id stands for itself."""
+    folder = Path(pretrained)
+    if not folder.is_dir():
+        return str(pretrained)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
+    stamp = (str(folder.resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if stamp not in _FINGERPRINTS:              # hashing a 4 GB model takes seconds: once per unchanged folder
+        listing = "\n".join(f"{f.relative_to(folder).as_posix()} {sha256_file(f)}" for f in files)
+        _FINGERPRINTS[stamp] = hashlib.sha256(listing.encode()).hexdigest()[:16]
+    return _FINGERPRINTS[stamp]
+
+
+_FINGERPRINTS: dict = {}

@@ -55,9 +55,9 @@ def make_optimizer(cfg, params, device) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=fused or None)
 
 
-def make_accelerator(cfg, device: torch.device):
+def make_accelerator(cfg, device: torch.device, **kwargs):
     """The Accelerator of one run: mixed precision from trainer.precision (fp16 on CUDA brings accelerate's
-    GradScaler).
+    GradScaler); `kwargs` go to accelerate's Accelerator (train gives it the run's trackers).
 
     accelerate keeps one state per process and refuses an Accelerator with another precision or device once it has
     made one ("AcceleratorState has already been initialized"). With one process that state is reset first, so a
@@ -68,10 +68,9 @@ def make_accelerator(cfg, device: torch.device):
     if PartialState._shared_state.get("num_processes", 1) == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-    from .tracking import accelerator_kwargs
     try:
         accelerator = Accelerator(mixed_precision=MIXED_PRECISION[cfg.trainer.precision], cpu=device.type == "cpu",
-                                  **accelerator_kwargs(cfg))
+                                  **kwargs)
     except ValueError as e:
         if "already been initialized" not in str(e):
             raise

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .data import list_image_files, load_image
+from .images import list_image_files, load_image
 from .errors import DataError
 from .fileio import remove_stale_temps, save_image, write_json
 from .hooks import fault_point
 from .pipeline import check_pretrained, load_pipeline, sample, sampling_dtype
-from .same_run import model_fingerprint
+from .model_source import model_fingerprint
 
 PATTERN = "class_{:05d}.png"
 PROVENANCE = "dbtutor-class-images.json"   # which base model and prompt made this folder's class images

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 def model_tag(pretrained) -> str:
     """A short name for a base model that changes when its weights change (a hub id is used as it is)."""
-    from .same_run import model_fingerprint
+    from .model_source import model_fingerprint
     p = Path(str(pretrained)).expanduser()
     if not p.is_dir():
         return str(pretrained).replace("/", "--")

@@ -14,12 +14,9 @@ run lives: whether its contents can be reused is decided here, by resume.saved_r
 """
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .fileio import sha256_file
 
 # Keys that do not make two runs different trainings: where the files are (output_dir, the data and cache folders,
 # the base model's path and which of its files: model.variant's fp16 files differ from the main ones by rounding),
@@ -66,20 +63,3 @@ def changed_keys(saved: dict, now: dict) -> list[str]:
     was = {k: OmegaConf.select(defaults(), k, default=None) for k in set(now) - set(saved)}
     was.update(saved)
     return sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
-
-
-def model_fingerprint(pretrained: str) -> str:
-    """A local pipeline folder: sha256 of its weight and config files, so a retrained model at the same path is
-    noticed (as the latent cache notices a new VAE). A hub id stands for itself."""
-    folder = Path(pretrained)
-    if not folder.is_dir():
-        return str(pretrained)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
-    stamp = (str(folder.resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-    if stamp not in _FINGERPRINTS:              # hashing a 4 GB model takes seconds: once per unchanged folder
-        listing = "\n".join(f"{f.relative_to(folder).as_posix()} {sha256_file(f)}" for f in files)
-        _FINGERPRINTS[stamp] = hashlib.sha256(listing.encode()).hexdigest()[:16]
-    return _FINGERPRINTS[stamp]
-
-
-_FINGERPRINTS: dict = {}

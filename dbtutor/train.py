@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import cached_dirs
-from .data import scan_images
 from .errors import TrainingError
 from .hooks import RunHooks, device_kind
+from .images import scan_images
 from .latent_cache import LatentSource, latent_shape as vae_latent_shape
 from .locks import hold
 from .pipeline import check_pretrained, load_pipeline, pick_device
@@ -23,6 +23,7 @@ from .precision import (check_precision, half_frozen, loss_scale, make_accelerat
 from .regularization import generate_regularization, missing_indices
 from .resume import start_point
 from .run_checkpoints import RunCheckpoints
+from .tracking import accelerator_kwargs
 
 
 def dreambooth_loss(model_pred, target, with_prior_preservation=True, prior_loss_weight=1.0):
@@ -109,7 +110,7 @@ def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
     lock throughout (another run on it: LockedError at once, or it waits as trainer.wait_for_lock says)."""
     t0 = time.time()
     instance_paths = preflight(cfg)
-    accelerator = make_accelerator(cfg, pick_device(cfg.trainer.device))
+    accelerator = make_accelerator(cfg, pick_device(cfg.trainer.device), **accelerator_kwargs(cfg))
     with hold(cfg.output_dir, "output_dir", cfg.trainer.wait_for_lock, accelerator):
         return _train(cfg, accelerator, instance_paths, progress, callback, t0)
 

@@ -81,7 +81,7 @@ def make_scorer(cfg, device="cpu"):
     enc = Encoders(names["clip"], names["dino"], device, local_files_only=True, load=())
     if not enc.available("dino"):
         return None, None, f"{names['dino']} is not on this machine (it is never downloaded here)"
-    from .data import load_image, scan_images
+    from .images import load_image, scan_images
     real = [load_image(p) for p in scan_images(subject, "model.data.instance_dir")]
     clip = enc.available("clip")                    # CLIP-I too, only where CLIP is here already
     d_real, c_real = enc.dino_images(real), enc.clip_images(real) if clip else None

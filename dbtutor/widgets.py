@@ -124,7 +124,7 @@ def reg_images_panel(overrides: dict, folder, pipe=None, num: int = 24, show: in
     """num_reg_images slider -> dbtutor.generate_regularization into `folder` -> a grid of its first images."""
     from .config import load_config
     from .plots import image_grid
-    from .data import load_image
+    from .images import load_image
     from .regularization import count_images, generate_regularization
     w = _widgets()
     slider = w.IntSlider(value=num, min=4, max=200, step=4, description="num_reg_images",

@@ -6,7 +6,7 @@ import pytest
 
 from dbtutor import load_config, train
 from dbtutor.evaluate import DEFAULT_JUDGE, evaluate
-from conftest import ROOT, SUBJECT
+from conftest import SUBJECT
 
 pytestmark = pytest.mark.slow                    # one full default run
 

@@ -2,7 +2,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from diffusers import StableDiffusionPipeline
@@ -165,13 +164,13 @@ def test_eval_measures_a_run_whose_card_cannot_be_rewritten(monkeypatch, capsys)
     import argparse
 
     import dbtutor.card
-    import dbtutor.evaluate
+    import dbtutor.eval_command
     from dbtutor import load_config
     from dbtutor.cli import cmd_eval
 
     def read_only(run):
         raise PermissionError(13, "Read-only file system")
-    monkeypatch.setattr(dbtutor.evaluate, "eval_command", lambda cfg, **k: None)
+    monkeypatch.setattr(dbtutor.eval_command, "eval_command", lambda cfg, **k: None)
     monkeypatch.setattr(dbtutor.card, "refresh_card", read_only)
     args = argparse.Namespace(model="/media/run", backend="auto", num_samples=2, class_samples=2, seed=0, judge=None,
                               clip_model="c", dino_model="d", out=None)

@@ -84,7 +84,7 @@ def test_an_unknown_or_unclosed_block_is_refused(docs_copy):
 
 
 def test_update_refuses_a_result_of_other_weights_or_a_quick_run(docs_copy, tmp_path):
-    from dbtutor.same_run import model_fingerprint
+    from dbtutor.model_source import model_fingerprint
     kept = docs_copy / "docs" / "results" / "quality.json"
     before = kept.read_bytes() if kept.exists() else None
     result = {"kind": "quality", "settings": {"model": RT.SHIPPED_MODEL, "model_fingerprint": "0" * 16}}
@@ -166,7 +166,7 @@ def test_no_issue_numbers_or_commit_hashes_outside_the_experiments_log():
 
 @pytest.mark.slow
 def test_the_quality_command_writes_what_the_tables_are_made_from(tiny_pipeline_dir, tmp_path, capsys):
-    from dbtutor.same_run import model_fingerprint
+    from dbtutor.model_source import model_fingerprint
     from dbtutor.toyworld import judge as J
     from dbtutor.toyworld.quality import main
     J.save_judge(J.Judge(), tmp_path / "judge")

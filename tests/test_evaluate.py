@@ -12,7 +12,7 @@ from dbtutor.errors import ConfigError
 from dbtutor.toyworld import judge as J
 from dbtutor.toyworld.world import SCENES, Attrs, render
 
-from conftest import DOG6, ROOT, SUBJECT, TOKENIZER, load_script
+from conftest import DOG6, ROOT, SUBJECT, load_script
 
 BALL = E.world_prompts(json.loads((SUBJECT / "subject.json").read_text()))
 

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file, save_file
 
 from conftest import HUB_COMMIT, ROOT, TOKENIZER, fake_hub_cache, make_tiny_pipeline
 from dbtutor.cli import main

@@ -225,7 +225,7 @@ def stale(name: str, res: dict, root: Path = ROOT) -> list[str]:
     """Why a result file no longer describes this tree (other weights, other defaults), or []."""
     from dbtutor.ablate import flat_config
     from dbtutor.config import load_config
-    from dbtutor.same_run import model_fingerprint
+    from dbtutor.model_source import model_fingerprint
     s = res.get("settings", {})
     why = []
     if res.get("kind") != name:
