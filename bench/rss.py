@@ -1,4 +1,5 @@
-"""Peak resident memory of this process, right in a child started by subprocess (the benchmarks' memory figures)."""
+"""The benchmarks' memory readings: this process's peak resident memory (right in a child started by subprocess),
+its current one, and the memory the machine has available."""
 from __future__ import annotations
 
 import resource
@@ -17,3 +18,21 @@ def peak_rss_mb() -> float:
         pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 2 ** 20 if sys.platform == "darwin" else r / 1024
+
+
+def gib(mb: float) -> float:
+    return mb / 1024
+
+
+def mem_available_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2 ** 20
+    return float("nan")
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

@@ -36,7 +36,7 @@ PROFILES = {
         max_steps=400, lr=1e-4, prior_loss_weight=1.0, train_text_encoder=False, seed=0,
         num_reg_images=50, num_images_per_prompt=4, variant="", precision="32",
         lora_rank=16, gradient_checkpointing=True, use_8bit_adam=False, save_merged=False, checkpoint_every=100,
-        samples_per_prompt=4, sampler_steps=25, guidance=7.5, scheduler="dpm", sample_batch=4,
+        samples_per_prompt=4, sampler_steps=20, guidance=7.5, scheduler="dpm", sample_batch=4,
         validation_every=200, validation_images=1, validation_scene=False),
 }
 # the keys decided on a CUDA machine (gpu_settings, and the fp16 weights), as config key -> setting

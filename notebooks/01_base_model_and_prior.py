@@ -51,7 +51,7 @@ SUBJECT_DIR = None        # your own photos: a folder of 3-5 images of one subje
 CLASS_NOUN = None         # what they show: "dog", "backpack", ... (toy ball, sd15 dog)
 WORK_ON_DRIVE = None      # Colab: None keeps class images, runs and these choices in Google Drive; False: not
 # the course's runs: a value set here is used by the next notebooks too, so they find the runs made with it
-SAMPLER_STEPS = None      # denoising steps of samples and class images (toy 20, sd15 25)
+SAMPLER_STEPS = None      # denoising steps of samples and class images (toy 20, sd15 20)
 GUIDANCE = None           # classifier-free guidance scale (toy 5.0, sd15 7.5)
 # this notebook
 SAMPLES_PER_PROMPT = None # images per prompt in the grids (toy 8, sd15 4)

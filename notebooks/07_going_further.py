@@ -199,14 +199,17 @@ from diffusers import StableDiffusionPipeline
 
 from dbtutor.lora import WEIGHT_NAME
 
-lora = C.train() if C.lora_rank else C.train({"model.lora.rank": LORA_RANK, "trainer.max_steps": LORA_STEPS,
-                                              "optim.lr": LORA_LR})
+seeds = C.seeds[:4]
+if C.lora_rank:                                      # the course's run is a LoRA run: section 2 sampled it already
+    rows = both["text encoder frozen (default)"]     # prompt after prompt, k seeds each
+    lora, ours = frozen, [im for p in range(len(C.prompts)) for im in rows[p * k:p * k + len(seeds)]]
+else:
+    lora = C.train({"model.lora.rank": LORA_RANK, "trainer.max_steps": LORA_STEPS, "optim.lr": LORA_LR})
+    ours = C.sample_rows(C.ready(lora.pipe), C.prompts, seeds)
+    lora.pipe = None
 lora_file = lora.output_dir / WEIGHT_NAME
 print(f"{lora_file.name}: {lora_file.stat().st_size / 1e6:.2f} MB; the UNet it adapts: "
       f"{n_unet * 4 / 1e6:.0f} MB in float32")
-seeds = C.seeds[:4]
-ours = C.sample_rows(C.ready(lora.pipe), C.prompts, seeds)
-lora.pipe = None
 del pipe
 course.free_memory()
 from dbtutor.model_source import stock_variant

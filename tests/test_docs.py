@@ -12,6 +12,7 @@ import yaml
 from conftest import ROOT, load_script
 
 RT = load_script("tools/results_tables.py")
+RR = load_script("tools/results_render.py")
 
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 MARKDOWN = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *DOCS, *sorted((ROOT / "data").rglob("README.md"))]
@@ -175,7 +176,7 @@ def test_the_quality_command_writes_what_the_tables_are_made_from(tiny_pipeline_
     res = json.loads((tmp_path / "quality" / "quality.json").read_text())
     assert res["kind"] == "quality" and res["n_images"] == 312 and res["provenance"]["versions"]["torch"]
     assert res["settings"]["model_fingerprint"] == model_fingerprint(tiny_pipeline_dir)
-    table = RT.render_quality(res)
+    table = RR.render_quality(res)
     assert table.startswith("| measure | value | target |") and "312 images judged (1 DPM-Solver++ steps" in table
     assert f"| {res['object']:.3f} |" in table
     assert f"`python -m dbtutor.toyworld.quality --model {tiny_pipeline_dir} --judge {tmp_path / 'judge'} --steps 1`" \
@@ -192,7 +193,7 @@ def test_lora_vs_full_writes_what_the_tables_are_made_from(tiny_pipeline_dir, tm
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["kind"] == "lora_vs_full" and res["settings"]["quick"] and [r["variant"] for r in res["rows"]] == [
         "full", "LoRA r=4"]
-    table = RT.render_lora(res)
+    table = RR.render_lora(res)
     assert table.startswith((tmp_path / "out" / "results.md").read_text().strip())    # the table the command printed
     assert "3 training steps per variant" in table and f"`python bench/lora_vs_full.py --model {tiny_pipeline_dir} " \
         "--steps 3`" in table

@@ -258,11 +258,11 @@ def test_ablate_end_to_end_and_resume(tiny_config, random_judge, tmp_path, monke
     res = json.loads((work / "results.json").read_text())        # what the docs' tables are made from
     assert res["kind"] == "ablation" and res["settings"]["steps"] == 2 and res["provenance"]["versions"]["torch"]
     assert res["settings"]["config"]["model.pretrained"] == cfg.model.pretrained and res["run_seconds"] > 0
-    results_tables = load_script("tools/results_tables.py")
-    headline = results_tables.render_ablation_headline(res)
+    results_tables, results_render = load_script("tools/results_tables.py"), load_script("tools/results_render.py")
+    headline = results_render.render_ablation_headline(res)
     assert "| twotone_ball | with, λ = 1 (n=1) |" in headline and "| twotone_ball | base model (n=1) |" in headline
     assert "2 steps per run, 2 class images" in headline and "all subjects" not in headline
-    assert results_tables.render_ablation(res).count("\n| twotone_ball |") == 3
+    assert results_render.render_ablation(res).count("\n| twotone_ball |") == 3
     from dbtutor import load_config
     assert f"it was measured with 2 steps, the defaults now say {load_config().trainer.max_steps}" in \
         results_tables.stale("ablation", res)

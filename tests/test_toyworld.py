@@ -170,7 +170,8 @@ def test_train_judge_a_few_steps_prints_accuracy_and_resumes(tmp_path, capsys):
 
 
 def test_warm_restart_schedule_matches_an_extended_run():
-    from dbtutor.toyworld.pretrain import _ends, lr_factor
+    from dbtutor.toyworld.pretrain import _ends
+    from dbtutor.toyworld.training import lr_factor
     assert [lr_factor(s, (300, 900), 20) for s in range(301)] == [lr_factor(s, (300,), 20) for s in range(301)]
     assert [lr_factor(s, (300, 900), 20) for s in range(301, 900)] == [lr_factor(s, (900,), 20) for s in range(301, 900)]
     assert lr_factor(300, (300,), 20) < 0.11 < lr_factor(301, (300, 900), 20)
@@ -181,7 +182,7 @@ def test_warm_restart_schedule_matches_an_extended_run():
 
 def test_min_snr_weights_downweight_only_low_noise_steps():
     from dbtutor.toyworld.models import make_noise_scheduler
-    from dbtutor.toyworld.pretrain import min_snr_weight
+    from dbtutor.toyworld.pretrain_stages import min_snr_weight
     sched = make_noise_scheduler()
     t = torch.arange(0, 1000, 50)
     w = min_snr_weight(sched, t, 5.0)

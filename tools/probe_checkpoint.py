@@ -12,8 +12,8 @@ from dbtutor.config import ROOT
 from dbtutor.fileio import load_torch
 from dbtutor.pipeline import load_pipeline
 from dbtutor.toyworld import judge as J
-from dbtutor.toyworld.pretrain import load_ema
 from dbtutor.toyworld.quality import scene_quality
+from dbtutor.toyworld.training import load_ema
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--ckpt", type=Path, default=ROOT / "work/pretrain/unet.ckpt")

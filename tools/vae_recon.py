@@ -14,7 +14,7 @@ import torch
 from dbtutor.fileio import load_torch
 from dbtutor.toyworld import judge as J
 from dbtutor.toyworld.models import make_vae
-from dbtutor.toyworld.pretrain import load_set, render_set
+from dbtutor.toyworld.training import load_set, render_set
 
 
 def load_vae(path: Path):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import judge as J
-from .pretrain import load_set, render_set, train_loop
+from .training import load_set, render_set, train_loop
 
 
 def train_judge(work: Path, out: Path, seed: int = 0, steps: int = 2500) -> dict:
