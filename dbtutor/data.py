@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import (IMAGE_EXTS, SkippedImageWarning, UnusableImage, list_image_files, load_image,  # noqa: F401
-                     scan_images, to_rgb)                       # (the files of a folder: dbtutor.images)
+from .core.images import (IMAGE_EXTS, SkippedImageWarning, UnusableImage, list_image_files, load_image,  # noqa: F401
+                          scan_images, to_rgb)  # (the files of a folder: dbtutor.core.images)
 
 
 def preprocess(im: Image.Image, resolution: int, center_crop: bool = True,

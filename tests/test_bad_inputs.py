@@ -16,7 +16,7 @@ from PIL import Image
 
 import dbtutor
 from dbtutor import DataError, load_image, preprocess, scan_images
-from dbtutor.images import MAX_PIXELS, SkippedImageWarning
+from dbtutor.core.images import MAX_PIXELS, SkippedImageWarning
 from dbtutor.regularization import count_images
 from conftest import DOG6, ROOT
 
