@@ -16,8 +16,8 @@ from timing import say
 # ----------------------------------------------------------------------------- regularization images
 
 def bench_regularization(args):
-    from dbtutor.fileio import save_image
-    from dbtutor.pipeline import load_pipeline
+    from dbtutor.core.fileio import save_image
+    from dbtutor.models.pipeline import load_pipeline
     from dbtutor.regularization import generate_regularization, reg_seed
     from dbtutor.toyworld.subjects import load_subject
     from PIL import Image

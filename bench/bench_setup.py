@@ -40,7 +40,7 @@ def make_config(args, **overrides):
 
 def fixed_batch(cfg, pipe):
     """The same latents / noise / timesteps / prompt ids for the bare loops: instance + class, from the cache."""
-    from dbtutor.config import cached_dirs
+    from dbtutor.core.config import cached_dirs
     from dbtutor.data import scan_images
     from dbtutor.latent_cache import cache_latents
     d, vae = cfg.model.data, pipe.vae
@@ -67,6 +67,6 @@ _PIPE = {}
 def shared_pipe(args):
     """One shared read-only pipeline (for encoding the fixed batch)."""
     if "p" not in _PIPE:
-        from dbtutor.pipeline import load_pipeline
+        from dbtutor.models.pipeline import load_pipeline
         _PIPE["p"] = load_pipeline(args.model)
     return _PIPE["p"]

@@ -20,7 +20,7 @@ class Bare:
     fixed latents, noise, timesteps and embeddings. Nothing else."""
 
     def __init__(self, cfg, batch, channels_last=False, bf16=False, compile=False, train_te=None, clip=False):
-        from dbtutor.pipeline import load_pipeline
+        from dbtutor.models.pipeline import load_pipeline
         from dbtutor.train import make_optimizer
         pipe = load_pipeline(cfg.model.pretrained)
         self.unet, self.te = pipe.unet, pipe.text_encoder
@@ -62,7 +62,7 @@ class Reference:
 
     def __init__(self, cfg):
         from dbtutor.data import DreamBoothDataset, collate
-        from dbtutor.pipeline import load_pipeline
+        from dbtutor.models.pipeline import load_pipeline
         from diffusers import DDPMScheduler
         d = cfg.model.data
         pipe = load_pipeline(cfg.model.pretrained)

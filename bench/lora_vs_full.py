@@ -5,7 +5,7 @@
 Each variant trains in its own subprocess (so each peak resident memory is its own) with the default config
 (configs/dreambooth.yaml: the shipped subject twotone_ball, prior preservation, text encoder frozen), on the same
 class images and latent cache. Full fine-tuning uses optim.lr of the config; LoRA updates far fewer numbers and
-is usually run with a larger rate (--lora-lr). Then, if dbtutor.evaluate and the judge exist, each trained model
+is usually run with a larger rate (--lora-lr). Then, if dbtutor.measuring.evaluate and the judge exist, each trained model
 is scored on the subject (judge back end). From bench/bench.py: `from lora_vs_full import run, format_table`.
 
 Memory is the child's peak RSS (VmHWM on Linux, bench/rss.py: ru_maxrss would report the parent's peak); tracemalloc is not used because it sees only Python's allocator,
@@ -55,10 +55,10 @@ def make_config(model, work: Path, rank: int, lr: float, steps: int, n_class: in
 def child(spec: dict) -> dict:
     """In a fresh process: train one variant, measure it, optionally evaluate it; return the numbers."""
     import torch
-    from dbtutor.lora import WEIGHT_NAME, add_lora, count_parameters
-    from dbtutor.pipeline import load_pipeline
+    from dbtutor.models.lora import WEIGHT_NAME, add_lora, count_parameters
+    from dbtutor.models.pipeline import load_pipeline
     from dbtutor.train import train
-    from dbtutor import checkpoint as ckpt
+    from dbtutor.runs import checkpoint as ckpt
     cfg = make_config(spec["model"], Path(spec["work"]), spec["rank"], spec["lr"], spec["steps"], spec["n_class"])
     setup_mb = peak_rss_mb()
     stamps = []
@@ -77,7 +77,7 @@ def child(spec: dict) -> dict:
            "step_ms": 1e3 * statistics.median(steps) if steps else float("nan"),
            "peak_mb": peak_mb, "setup_mb": setup_mb, "threads": torch.get_num_threads(), "steps": spec["steps"]}
     if spec.get("judge"):
-        from dbtutor.evaluate import evaluate
+        from dbtutor.measuring.evaluate import evaluate
         ev = evaluate(out, cfg.model.data.instance_dir, backend="judge", num_samples=spec["num_samples"],
                       class_samples=spec["class_samples"], judge_dir=spec["judge"])
         row["metrics"] = ev["metrics"]
@@ -94,7 +94,7 @@ def run_child(spec: dict) -> dict:
 
 def base_metrics(model, judge, num_samples, class_samples) -> dict:
     from dbtutor import load_config
-    from dbtutor.evaluate import evaluate
+    from dbtutor.measuring.evaluate import evaluate
     d = load_config().model.data
     return evaluate(model, d.instance_dir, backend="judge", num_samples=num_samples, class_samples=class_samples,
                     judge_dir=judge)["metrics"]
@@ -105,7 +105,7 @@ def run(model=None, judge=None, work="/tmp/dbtutor-bench-lora", quick=False, ran
     """Train full fine-tuning and LoRA at each rank in subprocesses; returns one dict per variant (plus 'base'
     metrics when evaluated). Quick: 20 steps, 8 class images, rank 4, no evaluation."""
     from dbtutor import generate_regularization, load_config
-    from dbtutor.pipeline import load_pipeline
+    from dbtutor.models.pipeline import load_pipeline
     model = Path(model or default_model())
     judge = Path(judge) if judge else Path(f"{str(model).rstrip('/')}-judge")
     ranks = ranks or ((4,) if quick else (4, 16))
@@ -161,7 +161,7 @@ def format_table(rows: list[dict]) -> str:
              "last checkpoint; step: median training step; peak RSS: VmHWM of the training process (+ over "
              "imports only)."]
     if has_m:
-        notes.append("metrics (judge; see dbtutor/evaluate.py): subject = share of subject samples judged the "
+        notes.append("metrics (judge; see dbtutor/measuring/evaluate.py): subject = share of subject samples judged the "
                      "subject (higher), prompt = prompt fidelity (higher), PRES = share of bare-class samples "
                      "judged the subject's look (lower), sim = embedding similarity to the real images, "
                      "DIV = diversity.")
@@ -204,10 +204,10 @@ def main(argv=None):
 def write_results(out: Path, rows: list[dict], table: str, seconds: float, quick: bool, model, lora_lr: float):
     """results.json (the rows, settings, provenance: what tools/results_tables.py renders) and results.md."""
     from dbtutor import load_config
-    from dbtutor.ablate import flat_config
-    from dbtutor.fileio import write_json, write_text
-    from dbtutor.same_run import model_fingerprint
-    from dbtutor.provenance import provenance, shown_path, shown_paths
+    from dbtutor.commands.ablate import flat_config
+    from dbtutor.core.fileio import write_json, write_text
+    from dbtutor.models.model_source import model_fingerprint
+    from dbtutor.core.provenance import provenance, shown_path, shown_paths
     settings = {"model": shown_path(model), "model_fingerprint": model_fingerprint(model), "quick": quick,
                 "steps": next((r["steps"] for r in rows if "steps" in r), None), "lora_lr": lora_lr,
                 "config": shown_paths(flat_config(load_config()))}

@@ -57,8 +57,8 @@ def run_child(args, mode: str, **flags) -> dict:
 
 def counts() -> dict:
     """Parameters of SD v1.5's parts and of its LoRA adapters, counted on the meta device (nothing allocated)."""
-    from dbtutor.sd15 import build_models, parameter_counts
-    from dbtutor.lora import UNET_TARGETS
+    from dbtutor.models.sd15 import build_models, parameter_counts
+    from dbtutor.models.lora import UNET_TARGETS
     m = build_models("meta")
     n = parameter_counts(m)
     lin = [mod for name, mod in m["unet"].named_modules() if isinstance(mod, torch.nn.Linear)
@@ -70,7 +70,7 @@ def counts() -> dict:
 def pndm_calls(steps: int) -> int:
     """UNet evaluations of SD's PNDM sampler for `steps` (it adds one: PLMS repeats its second timestep)."""
     from diffusers import PNDMScheduler
-    from dbtutor.sd15 import SCHEDULER_CONFIG
+    from dbtutor.models.sd15 import SCHEDULER_CONFIG
     sched = PNDMScheduler(**SCHEDULER_CONFIG)
     sched.set_timesteps(steps)
     return len(sched.timesteps)

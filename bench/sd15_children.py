@@ -65,17 +65,17 @@ def capture_training_objects():
         got["params"], got["opt"] = params, make_opt(cfg, params, device)
         return got["opt"]
     T.load_pipeline, T.make_optimizer = load_pipeline, make_optimizer
-    C = importlib.import_module("dbtutor.checkpoint")   # run_checkpoints saves through it at the end of train()
+    C = importlib.import_module("dbtutor.runs.checkpoint")   # run_checkpoints saves through it at the end of train()
     C.save_pipeline = lambda *a, **k: None   # the final save is the end-to-end run's, not measured here
     return got
 
 
 def child_stages(args) -> dict:
     """Load; class images (every UNet call and VAE decode timed); VAE encoding of the latent cache; text encoding."""
-    from dbtutor.config import cached_dirs
+    from dbtutor.core.config import cached_dirs
     from dbtutor.data import scan_images
     from dbtutor.latent_cache import cache_latents
-    from dbtutor.pipeline import load_pipeline
+    from dbtutor.models.pipeline import load_pipeline
     from dbtutor.regularization import generate_regularization
     cfg = make_config(args)
     d = cfg.model.data

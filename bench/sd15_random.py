@@ -5,7 +5,7 @@
 Speed and memory depend on the architecture, not on the weights: with this folder as model.pretrained the
 GPU command of docs/gpu.md runs at 512 px where no model can be downloaded (it draws noise). fp16 on disk (default)
 is 2.1 GB instead of 4.3 GB; dbtutor loads every part in float32 either way. Prints the parameter counts next to
-the published ones. The architecture lives in dbtutor/sd15.py (tests/test_sd15_shapes.py checks it).
+the published ones. The architecture lives in dbtutor/models/sd15.py (tests/test_sd15_shapes.py checks it).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def folder_gb(path: Path) -> float:
 
 
 def main(argv=None):
-    from dbtutor.sd15 import DTYPES, PUBLISHED_PARAMS, save_random_pipeline
+    from dbtutor.models.sd15 import DTYPES, PUBLISHED_PARAMS, save_random_pipeline
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "work" / "sd15-random", help="folder to create (must not exist)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")

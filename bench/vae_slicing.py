@@ -3,7 +3,7 @@
     python bench/vae_slicing.py [--model data/models/toyworld] [--batch 25] [--rounds 5] [--threads 1]
 
 Prints the median time of each (rounds interleaved), their ratio, and how far the decoded images differ (float and
-8-bit pixels). dbtutor.pipeline.SLICE_FROM_PX decides where sample() slices: this is why it does not below it.
+8-bit pixels). dbtutor.models.pipeline.SLICE_FROM_PX decides where sample() slices: this is why it does not below it.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from dbtutor.pipeline import load_pipeline
+    from dbtutor.models.pipeline import load_pipeline
     pipe = load_pipeline(args.model)
     vae = pipe.vae
     side = pipe.unet.config.sample_size

@@ -81,7 +81,7 @@ def main():
               f"on {on['seconds']:.1f} s ({len(on['validations'])} validations of {t_val:.2f} s, steps of "
               f"{on['step'] * 1000:.0f} ms): ratio {ratios[-1]:.3f}, projected for the default run "
               f"+{100 * projected[-1]:.1f} %")
-    from dbtutor.validation import validation_prompts
+    from dbtutor.runs.validation import validation_prompts
     print(f"median ratio of the two {args.steps}-step runs (on / off): {statistics.median(ratios):.3f}")
     print(f"one validation {statistics.median(vals):.2f} s ({len(validation_prompts(default))} prompts x {num} "
           f"image(s)), one training step {statistics.median(steps) * 1000:.0f} ms (medians)")

@@ -1,10 +1,10 @@
 """dbtutor: DreamBooth with prior preservation, taught step by step and runnable on a CPU."""
-from .config import DEFAULT_CONFIG, ROOT, load_config
+from .core.config import DEFAULT_CONFIG, ROOT, load_config
+from .core.errors import ConfigError, DataError, DBTutorError, LockedError, TrainingError
 from .data import DreamBoothDataset, collate, load_image, preprocess, scan_images
-from .errors import ConfigError, DataError, DBTutorError, LockedError, TrainingError
 from .latent_cache import cache_latents
-from .model_check import check_model
-from .pipeline import load_pipeline, pick_device, sample, text_moved, text_shift
+from .models.model_check import check_model
+from .models.pipeline import load_pipeline, pick_device, sample, text_moved, text_shift
 from .regularization import generate_regularization
 from .train import TrainResult, dreambooth_loss, train
 
@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 def cache_subject_latents(cfg, pipe=None) -> dict:
     """Encode (or reuse) the latents of the instance and class folders named in cfg; returns {'instance', 'regularization'}."""
-    from .config import cached_dirs
+    from .core.config import cached_dirs
     pipe = pipe or load_pipeline(cfg.model.pretrained, variant=cfg.model.variant)
     d = cfg.model.data
     inst_dir, reg_dir = cached_dirs(cfg)

@@ -1,6 +1,6 @@
 """`python -m dbtutor` = the `dbtutor` command."""
 import sys
 
-from .cli import main
+from .commands.cli import main
 
 sys.exit(main())

@@ -18,9 +18,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .core.fileio import atomic_path, remove_stale_temps, sha256_file, write_json
+from .core.hooks import fault_point
 from .data import load_image, preprocess
-from .fileio import atomic_path, remove_stale_temps, sha256_file, write_json
-from .hooks import fault_point
 
 MANIFEST = "manifest.json"
 VERSION = 2                 # 2: entries carry their key and digest; the crop is taken before resizing
@@ -92,7 +92,7 @@ def cache_latents(image_paths: list[Path], cache_dir: str | Path, vae, resolutio
     Reuses valid entries whose key matches; encodes the rest with `vae` and writes each entry atomically;
     removes entries of images that are gone; writes the manifest last. Holds the folder's lock meanwhile (another
     run on it: LockedError, or wait as trainer.wait_for_lock does); lock=False when the caller holds it."""
-    from .locks import hold
+    from .core.locks import hold
     if lock:
         with hold(cache_dir, "the latent cache", wait_for_lock):
             return cache_latents(image_paths, cache_dir, vae, resolution, center_crop, batch_size, lock=False)
@@ -140,7 +140,7 @@ class LatentSource:
         self.cached = cfg.model.use_cached_latents
         self.encoded = 0                             # images this process encoded into the cache
         if self.cached:                              # the main process holds the folder's lock for all
-            from .locks import hold
+            from .core.locks import hold
             with hold(cache_dir, "the latent cache", cfg.trainer.wait_for_lock, accelerator):
                 if accelerator.is_main_process:      # one writer; the others wait, then read a complete cache
                     c = cache_latents(paths, cache_dir, vae, d.resolution, d.center_crop, lock=False)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .data import list_image_files, load_image
-from .errors import DataError
-from .fileio import remove_stale_temps, save_image, write_json
-from .hooks import fault_point
-from .pipeline import check_pretrained, load_pipeline, sample, sampling_dtype
-from .same_run import model_fingerprint
+from .core.errors import DataError
+from .core.fileio import remove_stale_temps, save_image, write_json
+from .core.hooks import fault_point
+from .core.images import list_image_files, load_image
+from .models.model_source import model_fingerprint
+from .models.pipeline import check_pretrained, load_pipeline, sample, sampling_dtype
 
 PATTERN = "class_{:05d}.png"
 PROVENANCE = "dbtutor-class-images.json"   # which base model and prompt made this folder's class images
@@ -94,13 +94,13 @@ def generate_regularization(cfg, pipe=None, rank: int = 0, world_size: int = 1, 
     missing_indices(...) counted by every rank BEFORE any rank writes, or the ranks would split different lists.
     The folder remembers which model and prompt made its images (PROVENANCE); a later run with another base
     model or prompt stops with DataError instead of mixing the two. Returns the paths written by this process.
-    Holds the folder's lock meanwhile (see locks.py); lock=False when the caller holds it for every process."""
+    Holds the folder's lock meanwhile (see core/locks.py); lock=False when the caller holds it for every process."""
     d = cfg.model.data
     folder = Path(d.regularization_dir)
     if pipe is None:                        # a damaged base model stops here, before the folder is touched
         check_pretrained(cfg.model.pretrained, variant=cfg.model.variant)
     if lock:
-        from .locks import hold
+        from .core.locks import hold
         with hold(folder, "model.data.regularization_dir", cfg.trainer.wait_for_lock):
             return generate_regularization(cfg, pipe, rank, world_size, progress, todo, lock=False)
     remove_stale_temps(folder)              # temp files of a killed run (never those of a live process)
@@ -109,7 +109,7 @@ def generate_regularization(cfg, pipe=None, rank: int = 0, world_size: int = 1, 
     if not todo:
         return []
     if pipe is None:                        # loaded before anything is written; on a GPU in float16 (inside train()
-        from .pipeline import pick_device   # its float32 pipeline samples under float16 autocast: pipeline.sample)
+        from .models.pipeline import pick_device  # its float32 pipeline samples under float16 autocast: pipeline.sample)
         device = pick_device(cfg.trainer.device)
         pipe = load_pipeline(cfg.model.pretrained, device, sampling_dtype(device), cfg.model.variant)
     folder.mkdir(parents=True, exist_ok=True)

@@ -11,18 +11,19 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import cached_dirs
-from .data import scan_images
-from .errors import TrainingError
-from .hooks import RunHooks, device_kind
+from .core.config import cached_dirs
+from .core.errors import TrainingError
+from .core.hooks import RunHooks, device_kind
+from .core.images import scan_images
+from .core.locks import hold
 from .latent_cache import LatentSource, latent_shape as vae_latent_shape
-from .locks import hold
-from .pipeline import check_pretrained, load_pipeline, pick_device
-from .precision import (check_precision, half_frozen, loss_scale, make_accelerator, make_optimizer, restore_frozen,
-                        scaler_record)
+from .models.pipeline import check_pretrained, load_pipeline, pick_device
+from .models.precision import (check_precision, half_frozen, loss_scale, make_accelerator,
+                               make_optimizer, restore_frozen, scaler_record)
 from .regularization import generate_regularization, missing_indices
-from .resume import start_point
-from .run_checkpoints import RunCheckpoints
+from .runs.resume import start_point
+from .runs.run_checkpoints import RunCheckpoints
+from .runs.tracking import accelerator_kwargs
 
 
 def dreambooth_loss(model_pred, target, with_prior_preservation=True, prior_loss_weight=1.0):
@@ -65,7 +66,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 def clip_gradients(accelerator, params, max_norm: float):
     """accelerator.clip_grad_norm_, minus the rescaling pass when it would multiply by 1 (norm below max_norm):
     the same result, half the memory traffic. Only on a CPU (where reading the norm costs no device sync) with one
-    process or DDP; otherwise (GPU, FSDP, DeepSpeed, XLA; a CPU counted as CUDA, hooks.py) accelerate's own."""
+    process or DDP; otherwise (GPU, FSDP, DeepSpeed, XLA; a CPU counted as CUDA, core/hooks.py) accelerate's own."""
     from accelerate.utils import DistributedType
     if device_kind(accelerator.device) != "cpu" or accelerator.distributed_type not in (DistributedType.NO,
                                                                                 DistributedType.MULTI_CPU):
@@ -109,7 +110,7 @@ def train(cfg, progress: bool | None = None, callback=None) -> TrainResult:
     lock throughout (another run on it: LockedError at once, or it waits as trainer.wait_for_lock says)."""
     t0 = time.time()
     instance_paths = preflight(cfg)
-    accelerator = make_accelerator(cfg, pick_device(cfg.trainer.device))
+    accelerator = make_accelerator(cfg, pick_device(cfg.trainer.device), **accelerator_kwargs(cfg))
     with hold(cfg.output_dir, "output_dir", cfg.trainer.wait_for_lock, accelerator):
         return _train(cfg, accelerator, instance_paths, progress, callback, t0)
 
@@ -165,7 +166,7 @@ def draw_batch(sources, seed: int, step: int, rank: int, world: int, B: int, lat
 def global_losses(accelerator, loss, instance_loss, prior_loss, step: int, out: Path) -> torch.Tensor:
     """The three losses averaged over processes: the losses of the global batch, which every process sees (and a
     NaN) alike. A loss that is not finite came from the forward pass, which no loss scale changes: stop. (With fp16
-    the loss can be finite and its scaled gradients overflow: the scaler skips that step, see precision.py.)"""
+    the loss can be finite and its scaled gradients overflow: the scaler skips that step, see models/precision.py.)"""
     logged = accelerator.reduce(torch.stack([loss, instance_loss, prior_loss]).detach().float(), "mean")
     if not torch.isfinite(logged[0]):
         raise TrainingError(f"loss is {logged[0].item()} at step {step}: lower optim.lr or use "
@@ -199,7 +200,7 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
         with torch.no_grad():
             fixed_embeds = text_encoder(ids)[0]
 
-    from .lora import add_lora, trainable_parameters
+    from .models.lora import add_lora, trainable_parameters
     add_lora(cfg, unet, text_encoder)
     _configure(cfg, unet, text_encoder)
     parts = {"unet": unet, "text_encoder": text_encoder, "vae": vae}
@@ -213,11 +214,11 @@ def _train(cfg, accelerator, instance_paths, progress, callback, t0) -> TrainRes
     te_p = accelerator.prepare(text_encoder) if m.train_text_encoder else text_encoder
     # through accelerate, as diffusers' scripts do: with fp16 its GradScaler unscales the gradients (before clipping),
     # skips a step that overflowed and adapts the scale. The lr schedule is not prepared: accelerate would step it
-    # once per process (and not on a skipped step); here it is a function of the step number (see precision.py)
+    # once per process (and not on a skipped step); here it is a function of the step number (see models/precision.py)
     optimizer = accelerator.prepare(optimizer)
     if m.compile:
         unet_p = torch.compile(unet_p)
-    from .validation import Validator
+    from .runs.validation import Validator
     validator = Validator(cfg, pipe, accelerator, start, begin.finished)   # samples along the way, trackers
     t_loop = time.time()
     validator(start)                            # step 0: the base model (resumed: done already, kept)
@@ -273,7 +274,7 @@ def _finish(accelerator, pipe, parts: dict, kept: dict, saves, hooks, validated:
     fused, the processes' group closed, the modules in eval mode: every process returns the pipeline as saved."""
     restore_frozen(parts, kept)                 # the saved and returned pipeline: float32, frozen parts as loaded
     saves.finish(pipe)
-    from .lora import fuse_lora
+    from .models.lora import fuse_lora
     fuse_lora(pipe)                             # LoRA: every process returns the pipeline as saved (fused)
     hooks.finish(validated)
     accelerator.wait_for_everyone()

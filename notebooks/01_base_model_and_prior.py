@@ -123,7 +123,7 @@ by_hand = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1,
 import matplotlib.pyplot as plt
 import numpy as np
 
-from dbtutor.plots import image_grid
+from dbtutor.course.plots import image_grid
 
 packaged = np.asarray(dbtutor.sample(pipe, C.class_prompt, C.seeds[0], C.sampler_steps, C.guidance,
                                      scheduler="ddim")[0])
@@ -173,7 +173,7 @@ if M is not None:
 # On the toy world the judge also reads the attributes of the class samples:
 
 # %%
-from dbtutor.plots import attribute_bars
+from dbtutor.course.plots import attribute_bars
 
 if M is not None and M.kind == "judge":
     from dbtutor.toyworld.judge import predict
@@ -189,7 +189,7 @@ if M is not None and M.kind == "judge":
 # `checkered`, `box`, `cone`, `star`, `ring`, `heart`, `on the beach`, `at night`) and one it does not (`sks`).
 
 # %%
-from dbtutor.widgets import sampler_panel
+from dbtutor.course.widgets import sampler_panel
 
 sampler_panel(pipe, C.class_prompt, seed=C.seeds[0], num=4, guidance=C.guidance, steps=C.sampler_steps,
               batch_size=C.sample_batch)

@@ -74,7 +74,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import dbtutor
-from dbtutor.plots import image_grid
+from dbtutor.course.plots import image_grid
 
 paths = dbtutor.scan_images(C.subject_dir)
 images = [dbtutor.load_image(p) for p in paths]
@@ -242,7 +242,7 @@ plt.show()
 # training would use.
 
 # %%
-from dbtutor.widgets import identifier_panel
+from dbtutor.course.widgets import identifier_panel
 
 identifier_panel(tokenizer, C.identifier, C.class_noun)
 

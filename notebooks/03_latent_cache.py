@@ -70,7 +70,7 @@ import numpy as np
 import torch
 
 import dbtutor
-from dbtutor.plots import image_grid, latent_figure
+from dbtutor.course.plots import image_grid, latent_figure
 
 pipe = C.load_pipeline()
 vae = pipe.vae
@@ -153,7 +153,7 @@ print((cache_dir / "manifest.json").read_text()[:400], "...")
 import time
 
 from dbtutor.latent_cache import sample_latents
-from dbtutor.plots import bar_chart
+from dbtutor.course.plots import bar_chart
 
 
 def timed(fn):

@@ -71,7 +71,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import dbtutor
-from dbtutor.plots import image_grid
+from dbtutor.course.plots import image_grid
 from dbtutor.regularization import PATTERN, count_images, reg_seed
 
 cfg = dbtutor.load_config(overrides={**C.overrides, "output_dir": str(C.work / "runs" / "unused")})
@@ -139,7 +139,7 @@ plt.show()
 # class image resembles the subject photos, the level that class drift starts from.
 
 # %%
-from dbtutor.plots import attribute_bars
+from dbtutor.course.plots import attribute_bars
 
 M = C.measure()
 class_images = [dbtutor.load_image(p) for p in paths]
@@ -177,7 +177,7 @@ else:
 # down generates nothing: a folder that holds enough is left alone.
 
 # %%
-from dbtutor.widgets import reg_images_panel
+from dbtutor.course.widgets import reg_images_panel
 
 reg_images_panel(C.overrides, C.work / "reg" / f"{C.reg_dir.name}-explore", pipe, num=EXPLORE_REG_IMAGES)
 

@@ -132,11 +132,11 @@ assert torch.allclose(loss, loss_by_hand)
 # (`add_lora`) instead of the whole UNet; the loop is the same. In float32, so that it can be compared with
 # `dbtutor.train` on the same settings, trained first (a short run of its own). On a GPU this loop trains LoRA
 # adapters whatever the course trains: the whole UNet with plain AdamW in float32 needs about 15.7 GiB, more than
-# a T4 has (`python -m dbtutor.memory`). Each loads its own float32 pipeline, so section 1's copy is freed first (on
+# a T4 has (`python -m dbtutor.models.memory`). Each loads its own float32 pipeline, so section 1's copy is freed first (on
 # a GPU it would hold 2 GiB of the memory training needs):
 
 # %%
-from dbtutor.lora import add_lora, trainable_parameters
+from dbtutor.models.lora import add_lora, trainable_parameters
 from dbtutor.train import step_generator
 
 pipe = None                                                          # section 1's pipeline: freed
@@ -211,7 +211,7 @@ print("saved:", sorted(p.name for p in result.output_dir.iterdir() if not p.name
 # %%
 import matplotlib.pyplot as plt
 
-from dbtutor.plots import loss_curves
+from dbtutor.course.plots import loss_curves
 
 loss_curves({f"with prior preservation (λ={C.prior_loss_weight:g})": result.history}, smooth=20)
 plt.show()
@@ -226,9 +226,9 @@ plt.show()
 # the base model (step 0) to the end. Move the slider to see one step whole.
 
 # %%
-from dbtutor.validation import load_validations
-from dbtutor.plots import validation_strips
-from dbtutor.widgets import validation_panel
+from dbtutor.runs.validation import load_validations
+from dbtutor.course.plots import validation_strips
+from dbtutor.course.widgets import validation_panel
 
 run = load_validations(result.output_dir)
 validation_strips({"with prior preservation": run}, prompt=run.instance_prompt)
@@ -239,7 +239,7 @@ validation_panel(result.output_dir)
 # ## 4. What the trained model draws
 
 # %%
-from dbtutor.plots import image_grid
+from dbtutor.course.plots import image_grid
 
 trained = C.ready(result.pipe)
 rows = [C.instance_prompt] + C.prompts
@@ -252,7 +252,7 @@ plt.show()
 # often the bare class prompt does (class drift; it should stay where the base model was).
 
 # %%
-from dbtutor.measure import report
+from dbtutor.measuring.measure import report
 
 M = C.measure()
 k = len(C.seeds)
@@ -265,7 +265,7 @@ if M is not None:
 # Sample the trained model with your own prompts: the subject on the beach, at night, or the bare class.
 
 # %%
-from dbtutor.widgets import sampler_panel
+from dbtutor.course.widgets import sampler_panel
 
 sampler_panel(trained, C.prompts[0], seed=C.seeds[0], num=4, guidance=C.guidance, steps=C.sampler_steps,
               batch_size=C.sample_batch)

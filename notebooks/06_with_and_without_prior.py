@@ -68,7 +68,7 @@ C = course.setup(PROFILE, WORK_ON_DRIVE, SUBJECT_DIR, CLASS_NOUN, max_steps=MAX_
 import matplotlib.pyplot as plt
 
 import dbtutor
-from dbtutor.plots import comparison_grid, loss_curves, save_figure, sweep_plot
+from dbtutor.course.plots import comparison_grid, loss_curves, save_figure, sweep_plot
 
 # %% [markdown]
 # ## 1. The base model, before training
@@ -124,7 +124,7 @@ plt.show()
 # subject photos, read against the base model's). By hand for the class row first, then `M.scores`:
 
 # %%
-from dbtutor.measure import report
+from dbtutor.measuring.measure import report
 
 M = C.measure()
 k = len(C.seeds)
@@ -143,8 +143,8 @@ if M is not None:
 # the base model). The bare class prompt over the steps, without prior preservation (top) and with it (bottom):
 
 # %%
-from dbtutor.plots import validation_curves, validation_strips
-from dbtutor.validation import load_validations
+from dbtutor.course.plots import validation_curves, validation_strips
+from dbtutor.runs.validation import load_validations
 
 runs = {"without prior preservation": load_validations(without.output_dir), WITH: load_validations(with_prior.output_dir)}
 save_figure(validation_strips(runs, prompt=C.class_prompt), C.work / "figures" / "drift_over_steps.png")
@@ -217,7 +217,7 @@ if M is not None:
 # and redraws the comparison with the same prompts and seeds. It starts with this notebook's settings.
 
 # %%
-from dbtutor.widgets import prior_weight_panel
+from dbtutor.course.widgets import prior_weight_panel
 
 reference = {"base model": samples["base model"], "without prior preservation": samples["without prior preservation"]}
 prior_weight_panel(C.overrides, C.work, C.prompts, C.seeds, reference, weight=C.prior_loss_weight,

@@ -71,20 +71,20 @@ import numpy as np
 import torch
 
 import dbtutor
-from dbtutor.plots import bar_chart, comparison_grid, image_grid
+from dbtutor.course.plots import bar_chart, comparison_grid, image_grid
 
 # %% [markdown]
 # ## 1. What is trained
 #
 # By hand: count the weights of the UNet and the text encoder. Then ask the package what each setting trains
-# (`dbtutor.lora.trainable_parameters`, after `add_lora` for LoRA). The counting needs only the shapes, so the
+# (`dbtutor.models.lora.trainable_parameters`, after `add_lora` for LoRA). The counting needs only the shapes, so the
 # copies are built on PyTorch's "meta" device: no memory, no weights.
 
 # %%
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextModel
 
-from dbtutor.lora import add_lora, trainable_parameters
+from dbtutor.models.lora import add_lora, trainable_parameters
 
 pipe = C.load_pipeline()
 n_unet = sum(p.numel() for p in pipe.unet.parameters())
@@ -119,7 +119,7 @@ plt.show()
 # (`q_proj`, `k_proj`, `v_proj`, `out_proj`), trained with the UNet's adapters at the same learning rate, 1e-4, as
 # diffusers' `train_dreambooth_lora.py --train_text_encoder` does; with full fine-tuning the whole text encoder, at
 # 2e-6 (diffusers' DreamBooth documentation) and, on a GPU, the memory settings that fit with it trained
-# (`dbtutor.memory`). By hand, how far the run with it trained moved each prompt's output (relative L2 over every
+# (`dbtutor.models.memory`). By hand, how far the run with it trained moved each prompt's output (relative L2 over every
 # position, as 02 measured), then `dbtutor.text_moved`, which does the same:
 
 # %%
@@ -136,7 +136,7 @@ frozen.pipe = None
 pipe.to("cpu")
 course.free_memory()
 
-from dbtutor import memory
+from dbtutor.models import memory
 
 TEXT_ENCODER = {"model.train_text_encoder": True}     # LoRA: its adapters join the UNet's, at the same settings
 if C.lora_rank == 0 and C.device.type == "cuda" and C.profile != "toy":   # full fine-tuning on a GPU: what fits
@@ -168,7 +168,7 @@ course.free_memory()
 # The same prompts and seeds from both runs, measured with the course's stick (01):
 
 # %%
-from dbtutor.measure import report
+from dbtutor.measuring.measure import report
 
 comparison_grid(both, C.prompts, len(C.seeds), title=f"{C.max_steps} steps each, with prior preservation")
 plt.show()
@@ -197,7 +197,7 @@ if M is not None:
 # %%
 from diffusers import StableDiffusionPipeline
 
-from dbtutor.lora import WEIGHT_NAME
+from dbtutor.models.lora import WEIGHT_NAME
 
 seeds = C.seeds[:4]
 if C.lora_rank:                                      # the course's run is a LoRA run: section 2 sampled it already
@@ -212,7 +212,7 @@ print(f"{lora_file.name}: {lora_file.stat().st_size / 1e6:.2f} MB; the UNet it a
       f"{n_unet * 4 / 1e6:.0f} MB in float32")
 del pipe
 course.free_memory()
-from dbtutor.model_source import stock_variant
+from dbtutor.models.model_source import stock_variant
 
 stock = StableDiffusionPipeline.from_pretrained(str(C.pretrained), variant=stock_variant(C.pretrained, C.variant),
                                                 safety_checker=None, requires_safety_checker=False)
@@ -235,10 +235,10 @@ plt.show()
 # `dbtutor train` runs under `accelerate launch`: each process takes its share of the class images to
 # generate and its slice of every global batch (data parallel, NeMo's "Data parallelism"); `trainer.batch_size`
 # is per process, so N processes with batch B train like one process with batch N·B. The commands for this
-# notebook's settings (`dbtutor.cli.launch_commands`):
+# notebook's settings (`dbtutor.commands.cli.launch_commands`):
 
 # %%
-from dbtutor.cli import build_parser, launch_commands
+from dbtutor.commands.cli import build_parser, launch_commands
 
 keys = {k: v for k, v in C.overrides.items() if k not in ("trainer.device", "trainer.precision")}
 args = ["train"] + [f"{k}={v}" for k, v in keys.items()] + ["output_dir=work/runs/multi_gpu"]
@@ -266,7 +266,7 @@ print(f"prompts {sd.instance_prompt!r} / {sd.class_prompt!r}; on {sd.device}, tr
 
 # %% [markdown]
 # On a GPU the course trains LoRA on every card (adapters of a few MB to keep, and room to spare on a 16 GB T4),
-# with the precision and gradient checkpointing `dbtutor.memory.gpu_settings(kind="lora")` picks for the card, and
+# with the precision and gradient checkpointing `dbtutor.models.memory.gpu_settings(kind="lora")` picks for the card, and
 # fetches SD v1.5's fp16 files (`model.variant`, half the download). Full fine-tuning only when asked
 # (`lora_rank=0`, e.g. `DBTUTOR_NB_LORA_RANK=0`): then the full fine-tuning setting that fits (on a T4: gradient
 # checkpointing and 8-bit AdamW, `pip install 'dbtutor[gpu]'`). The command line's `gpu_settings()` prefers full
@@ -276,7 +276,7 @@ print(f"prompts {sd.instance_prompt!r} / {sd.class_prompt!r}; on {sd.device}, tr
 # %%
 from IPython.display import Markdown, display
 
-from dbtutor import memory
+from dbtutor.models import memory
 
 display(Markdown(memory.table()))
 for gib, name in ((11.7, "a 12 GB card"), (14.7, "a 16 GB T4"), (22.0, "a 24 GB card")):
@@ -315,11 +315,11 @@ display(Markdown(card.split("---", 2)[-1]))               # the card without its
 
 # %% [markdown]
 # AUTOMATIC1111's web UI and ComfyUI read one `.safetensors` file in Stable Diffusion's original key layout (a LoRA
-# in kohya's). `dbtutor export RUN --out FILE.safetensors` (or `dbtutor.export.export`) writes it; a model whose
+# in kohya's). `dbtutor export RUN --out FILE.safetensors` (or `dbtutor.sharing.export.export`) writes it; a model whose
 # blocks are not Stable Diffusion 1.x/2.x's (the toy world's are smaller) is refused, with what to use instead:
 
 # %%
-from dbtutor.export import NotStableDiffusion, export
+from dbtutor.sharing.export import NotStableDiffusion, export
 
 for run in {r.output_dir: r for r in (frozen, lora)}.values():    # the sd15 profile's are one run
     try:
@@ -333,7 +333,7 @@ for run in {r.output_dir: r for r in (frozen, lora)}.values():    # the sd15 pro
 # (log in first: `huggingface-cli login`). `--dry-run` lists what would go, without a network:
 
 # %%
-from dbtutor.push import push
+from dbtutor.sharing.push import push
 
 for name, size in push(lora.output_dir, "you/sks-model", dry_run=True)["files"]:
     print(f"{size / 1e6:9.2f} MB  {name}")

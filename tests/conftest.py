@@ -53,7 +53,7 @@ def make_tiny_pipeline(seed: int = 0, prediction_type: str = "epsilon"):
 def tiny_pipeline_dir(tmp_path_factory) -> Path:
     """Folder of a saved tiny pipeline (epsilon prediction), its text encoder in Stable Diffusion's key layout as
     every pipeline dbtutor saves (and as SD's own checkpoints)."""
-    from dbtutor.pipeline import sd_layout
+    from dbtutor.models.pipeline import sd_layout
     path = tmp_path_factory.mktemp("tiny_sd")
     make_tiny_pipeline().save_pretrained(path, safe_serialization=True)
     sd_layout(path)

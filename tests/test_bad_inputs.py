@@ -2,7 +2,6 @@
 with a warning that names it; a folder with nothing usable is one clear error, also through the CLI."""
 import io
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from PIL import Image
 
 import dbtutor
 from dbtutor import DataError, load_image, preprocess, scan_images
-from dbtutor.data import MAX_PIXELS, SkippedImageWarning
+from dbtutor.core.images import MAX_PIXELS, SkippedImageWarning
 from dbtutor.regularization import count_images
 from conftest import DOG6, ROOT
 

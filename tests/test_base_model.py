@@ -1,5 +1,4 @@
 """The shipped base model: a stock diffusers pipeline, float32, 64x64, small, and its prior follows the prompt."""
-import os
 
 import pytest
 import torch

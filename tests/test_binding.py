@@ -5,8 +5,8 @@ without the names stage (docs/experiments.md): the same defaults there give bind
 import pytest
 
 from dbtutor import load_config, train
-from dbtutor.evaluate import DEFAULT_JUDGE, evaluate
-from conftest import ROOT, SUBJECT
+from dbtutor.measuring.evaluate import DEFAULT_JUDGE, evaluate
+from conftest import SUBJECT
 
 pytestmark = pytest.mark.slow                    # one full default run
 

@@ -8,8 +8,8 @@ import torch
 import yaml
 
 import dbtutor
-from dbtutor.card import CARD, SAMPLES, base_license, base_names, hub_id, refresh_card, run_stamp
-from dbtutor.lora import WEIGHT_NAME
+from dbtutor.sharing.card import CARD, SAMPLES, base_license, base_names, hub_id, refresh_card, run_stamp
+from dbtutor.models.lora import WEIGHT_NAME
 
 from conftest import ROOT, SUBJECT
 
@@ -82,7 +82,7 @@ def test_licenses_of_base_models(tmp_path):
 
 @pytest.mark.slow
 def test_eval_puts_its_numbers_on_the_card_of_the_run_it_measured(tiny_config, random_judge, capsys):
-    from dbtutor.cli import main
+    from dbtutor.commands.cli import main
     cfg = tiny_config()
     out = dbtutor.train(cfg).output_dir
     common = [f"model.pretrained={cfg.model.pretrained}", f"output_dir={out}", f"model.data.instance_dir={SUBJECT}",
@@ -104,8 +104,8 @@ def test_eval_puts_its_numbers_on_the_card_of_the_run_it_measured(tiny_config, r
 @pytest.mark.slow
 @pytest.mark.versions
 def test_push_dry_run_lists_files_offline(tiny_config, monkeypatch, capsys):
-    from dbtutor import push as P
-    from dbtutor.cli import main
+    from dbtutor.sharing import push as P
+    from dbtutor.commands.cli import main
     out = dbtutor.train(tiny_config(**{"model.lora.rank": 2, "trainer.keep_checkpoints": True})).output_dir
     (out / "eval.json").write_text(json.dumps({"metrics": {}, "run": "another run"}))
     assert main(["push", str(out), "--repo-id", "someone/sks-ball", "--dry-run"]) == 0
@@ -133,11 +133,11 @@ def test_push_dry_run_lists_files_offline(tiny_config, monkeypatch, capsys):
 
 
 def test_a_failing_sample_grid_costs_only_the_grid(tiny_config, monkeypatch):
-    import dbtutor.pipeline
+    import dbtutor.models.pipeline
 
     def out_of_memory(*a, **k):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
-    monkeypatch.setattr(dbtutor.pipeline, "sample", out_of_memory)
+    monkeypatch.setattr(dbtutor.models.pipeline, "sample", out_of_memory)
     with pytest.warns(UserWarning, match="no sample grid in the model card .RuntimeError: CUDA out of memory"):
         out = dbtutor.train(tiny_config(**{"trainer.max_steps": 1, "trainer.validation.every": 0})).output_dir
     assert (out / "model_index.json").exists() and (out / CARD).exists() and not (out / SAMPLES).exists()
@@ -180,7 +180,7 @@ def test_the_cards_metadata_round_trips_through_huggingface_hub(tiny_config):
     assert str(card) == text and card.text.strip() == body.strip()
     from omegaconf import OmegaConf
 
-    from dbtutor.card import card_text
+    from dbtutor.sharing.card import card_text
     cfg = OmegaConf.load(out / "dreambooth.yaml")
     cfg.model.pretrained = "stable-diffusion-v1-5/stable-diffusion-v1-5"   # a hub base model adds base_model
     (out / "hub.md").write_text(card_text(out, cfg, json.loads((out / "history.json").read_text())))

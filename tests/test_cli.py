@@ -2,7 +2,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from diffusers import StableDiffusionPipeline
@@ -85,7 +84,7 @@ def test_launch_commands_parse_in_accelerate_and_dbtutor():
     from accelerate.commands.launch import launch_command_parser
 
     from dbtutor import load_config
-    from dbtutor.cli import build_parser, launch_commands
+    from dbtutor.commands.cli import build_parser, launch_commands
     args = ["train", "model.prior_loss_weight=0.5", "model.data.instance_prompt=a photo of sks ball"]
     cmds = launch_commands(args, gpus=8, machines=2)
     assert len(cmds) == 4
@@ -111,7 +110,7 @@ def test_every_help_page_says_what_each_option_does_and_its_default():
     import argparse
 
     from dbtutor import load_config
-    from dbtutor.cli import EXAMPLES, build_parser
+    from dbtutor.commands.cli import EXAMPLES, build_parser
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for name, p in sub.choices.items():
         assert p.description, name
@@ -137,7 +136,7 @@ def test_the_summary_states_class_images_cache_and_training_apart(tiny_config, m
     import re
     import time
 
-    from dbtutor.cli import cmd_train
+    from dbtutor.commands.cli import cmd_train
     T = importlib.import_module("dbtutor.train")
 
     def slowed(fn, seconds):
@@ -164,15 +163,15 @@ def test_eval_measures_a_run_whose_card_cannot_be_rewritten(monkeypatch, capsys)
     media) costs a warning, not the measurement."""
     import argparse
 
-    import dbtutor.card
-    import dbtutor.evaluate
+    import dbtutor.sharing.card
+    import dbtutor.commands.eval_command
     from dbtutor import load_config
-    from dbtutor.cli import cmd_eval
+    from dbtutor.commands.cli import cmd_eval
 
     def read_only(run):
         raise PermissionError(13, "Read-only file system")
-    monkeypatch.setattr(dbtutor.evaluate, "eval_command", lambda cfg, **k: None)
-    monkeypatch.setattr(dbtutor.card, "refresh_card", read_only)
+    monkeypatch.setattr(dbtutor.commands.eval_command, "eval_command", lambda cfg, **k: None)
+    monkeypatch.setattr(dbtutor.sharing.card, "refresh_card", read_only)
     args = argparse.Namespace(model="/media/run", backend="auto", num_samples=2, class_samples=2, seed=0, judge=None,
                               clip_model="c", dino_model="d", out=None)
     with pytest.warns(UserWarning, match=r"model card of /media/run was not updated \(Read-only file system\)"):

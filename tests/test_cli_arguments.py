@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from dbtutor import arguments as A
-from dbtutor.cli import main
-from dbtutor.errors import ConfigError
+from dbtutor.commands import arguments as A
+from dbtutor.commands.cli import main
+from dbtutor.core.errors import ConfigError
 
 
 def cli(argv, capsys):
@@ -140,7 +140,7 @@ def test_the_checks_accept_good_values(tmp_path):
 def test_save_image_writes_what_image_file_accepts(tmp_path):
     from PIL import Image
 
-    from dbtutor.fileio import save_image
+    from dbtutor.core.fileio import save_image
     im = Image.new("RGB", (4, 4), (200, 10, 10))
     for name, fmt in (("a.tif", "TIFF"), ("a.jpg", "JPEG"), ("a.JPEG", "JPEG"), ("a.bmp", "BMP"), ("a", "PNG")):
         save_image(im, A.image_file(tmp_path / name, "--out"))

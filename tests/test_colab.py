@@ -1,6 +1,6 @@
 """The Colab route without a kernel: the notebooks' install cell run as Colab runs it (a temporary /content and
 Drive, a stand-in google.colab, pip recorded instead of run) from each way in, rerun, and with nothing to install;
-and dbtutor.colab keeping the course and the hub cache in Drive."""
+and dbtutor.course.colab keeping the course and the hub cache in Drive."""
 from __future__ import annotations
 
 import json
@@ -189,10 +189,10 @@ def test_outside_colab_the_cell_does_nothing(monkeypatch):
     assert calls == [] and set(namespace) - {"__builtins__"} == {"sys"}
 
 
-# ---------------------------------------------------------------------------------- dbtutor.colab, the package side
+# ---------------------------------------------------------------------------------- dbtutor.course.colab, the package side
 
 def test_work_goes_to_drive_on_colab_unless_the_learner_says_no(colab, capsys):
-    from dbtutor import colab as dc
+    from dbtutor.course import colab as dc
     assert dc.drive_home(False) is None and colab.mounts == []
     assert dc.drive_home(None) == colab.content / "drive" / "MyDrive" / "dbtutor" and len(colab.mounts) == 1
     assert dc.drive_home(True) == colab.content / "drive" / "MyDrive" / "dbtutor" and len(colab.mounts) == 1
@@ -202,7 +202,7 @@ def test_work_goes_to_drive_on_colab_unless_the_learner_says_no(colab, capsys):
 
 
 def test_the_course_is_kept_in_drive_once_without_what_is_not_the_course(tmp_path, capsys):
-    from dbtutor.colab import keep_course
+    from dbtutor.course.colab import keep_course
     course = a_course(tmp_path / "content" / "dbtutor")
     for junk in ("work/notebooks/runs", "dbtutor/__pycache__", "dbtutor.egg-info", ".git"):
         (course / junk).mkdir(parents=True)
@@ -221,7 +221,7 @@ def test_the_course_is_kept_in_drive_once_without_what_is_not_the_course(tmp_pat
 
 def test_a_half_copied_course_is_copied_again(tmp_path):
     """pyproject.toml goes last, so a copy cut off (a disconnect) is not taken for a course."""
-    from dbtutor.colab import keep_course
+    from dbtutor.course.colab import keep_course
     course = a_course(tmp_path / "content" / "dbtutor")
     home = tmp_path / "MyDrive" / "dbtutor"
     (home / "tools").mkdir(parents=True)
@@ -231,7 +231,7 @@ def test_a_half_copied_course_is_copied_again(tmp_path):
 def test_the_hub_cache_goes_to_drive_before_anything_is_downloaded(tmp_path, monkeypatch, capsys):
     from huggingface_hub import constants
 
-    from dbtutor.colab import keep_hub_cache
+    from dbtutor.course.colab import keep_hub_cache
     cache, drive_hub = tmp_path / "root" / ".cache" / "huggingface" / "hub", tmp_path / "MyDrive" / "dbtutor" / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     assert keep_hub_cache(drive_hub) and cache.is_symlink() and cache.resolve() == drive_hub.resolve()
@@ -252,7 +252,7 @@ def test_huggingface_hub_finds_what_a_runtime_before_downloaded_to_drive(tmp_pat
     Drive, so it is not downloaded again."""
     from huggingface_hub import constants, try_to_load_from_cache
 
-    from dbtutor.colab import keep_hub_cache
+    from dbtutor.course.colab import keep_hub_cache
     cache, drive_hub = tmp_path / "home" / "hub", tmp_path / "MyDrive" / "dbtutor" / "hub"
     model = drive_hub / "models--someone--model"
     (model / "refs").mkdir(parents=True)
@@ -276,7 +276,7 @@ def test_setup_on_colab_keeps_work_choices_course_and_hub_cache_in_drive(colab, 
     for name in ("DBTUTOR_PROFILE", "DBTUTOR_NB_WORK", "DBTUTOR_PRETRAINED"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DBTUTOR_ALLOW_CPU", "1")
-    monkeypatch.setattr(course, "ROOT", a_course(colab.home))          # the course as the install cell left it
+    monkeypatch.setattr(course.profiles, "ROOT", a_course(colab.home))  # the course as the install cell left it
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "runtime1" / "hub"))
     in_drive = colab.drive / "dbtutor"
     c = course.setup("sd15", None, None, "puppy")
@@ -302,5 +302,5 @@ def test_setup_on_colab_keeps_work_choices_course_and_hub_cache_in_drive(colab, 
     assert not Path(constants.HF_HUB_CACHE).exists()
     colab.new_runtime()
     local = course.setup("sd15", False)
-    assert local.work == course.ROOT / "work" / "notebooks" and len(colab.mounts) == 4
+    assert local.work == course.profiles.ROOT / "work" / "notebooks" and len(colab.mounts) == 4
     assert not Path(constants.HF_HUB_CACHE).exists()

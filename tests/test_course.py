@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from dbtutor import course, load_config
-from dbtutor.errors import ConfigError
+from dbtutor.core.errors import ConfigError
 
 from conftest import DOG6, SUBJECT
 
@@ -105,14 +106,14 @@ def test_the_settings_that_name_a_run_set_in_one_notebook_are_the_next_ones(work
 def test_the_remembered_settings_are_exactly_those_that_name_a_run(work):
     """choices.NAMES_A_RUN is checked against the run folder itself: each setting of the course changed alone, a
     setting names a run if and only if its run folder (course.run_dir) changes."""
-    from dbtutor.choices import NAMES_A_RUN
+    from dbtutor.course.choices import NAMES_A_RUN
 
     def other(value):
         if isinstance(value, bool):
             return not value
         if isinstance(value, (int, float)):
             return value * 2 + 8
-        if isinstance(value, course.Path):
+        if isinstance(value, Path):
             return DOG6
         return {"dpm": "ddim", "32": "bf16", "": "fp16"}.get(value, value + "x")
 
@@ -141,7 +142,7 @@ def test_a_gpu_profile_without_a_gpu_stops_in_setup_with_one_line(work, monkeypa
     DBTUTOR_ALLOW_CPU=1 runs it anyway; settings() (display, tools) never refuses; the toy world never needs one."""
     import torch
 
-    import dbtutor.pipeline
+    import dbtutor.models.pipeline
     with pytest.raises(SystemExit) as stop:
         course.setup("sd15")
     msg = str(stop.value)
@@ -151,7 +152,7 @@ def test_a_gpu_profile_without_a_gpu_stops_in_setup_with_one_line(work, monkeypa
     monkeypatch.setenv("DBTUTOR_ALLOW_CPU", "1")
     assert course.setup("sd15").device.type == "cpu"
     monkeypatch.delenv("DBTUTOR_ALLOW_CPU")
-    monkeypatch.setattr(dbtutor.pipeline, "pick_device", lambda device="auto": torch.device("mps"))
+    monkeypatch.setattr(dbtutor.models.pipeline, "pick_device", lambda device="auto": torch.device("mps"))
     assert course.setup("sd15").device.type == "mps"
 
 
@@ -159,13 +160,13 @@ def test_sd15_on_a_gpu_takes_the_memory_settings_for_that_card(work, monkeypatch
     """What gpu_settings decides reaches the course's config (tests/test_gpu_route.py: what it decides on a T4)."""
     import torch
 
-    import dbtutor.memory
-    import dbtutor.pipeline
-    monkeypatch.setattr(dbtutor.pipeline, "pick_device", lambda device="auto": torch.device("cuda"))
+    import dbtutor.models.memory
+    import dbtutor.models.pipeline
+    monkeypatch.setattr(dbtutor.models.pipeline, "pick_device", lambda device="auto": torch.device("cuda"))
     picked = {"model.lora.rank": 16, "model.gradient_checkpointing": True, "optim.use_8bit_adam": False,
               "optim.lr": 1e-4, "trainer.precision": "bf16", "why": "a 24 GB card"}
     asked = []
-    monkeypatch.setattr(dbtutor.memory, "gpu_settings", lambda *a, **k: asked.append(k) or dict(picked))
+    monkeypatch.setattr(dbtutor.models.memory, "gpu_settings", lambda *a, **k: asked.append(k) or dict(picked))
     c = course.settings("sd15")
     assert (c.lora_rank, c.lr, c.precision, c.dtype, c.variant) == (16, 1e-4, "bf16", torch.float16, "fp16")
     assert c.overrides["trainer.precision"] == "bf16" and c.overrides["trainer.device"] == "cuda"
@@ -197,7 +198,7 @@ def test_library_noise_is_dropped_and_real_warnings_stay():
 
 
 def test_the_judge_measures_the_toy_subject(work):
-    from dbtutor.measure import JudgeMeasure, measurer, report
+    from dbtutor.measuring.measure import JudgeMeasure, measurer, report
     m = measurer(SUBJECT)
     assert isinstance(m, JudgeMeasure)
     photos = [Image.open(p).convert("RGB") for p in sorted(SUBJECT.glob("*.png"))]
@@ -207,7 +208,7 @@ def test_the_judge_measures_the_toy_subject(work):
 
 
 def test_dino_measures_real_photos_and_a_missing_model_is_one_line(work, tiny_encoders, monkeypatch, capsys):
-    from dbtutor.measure import ClipMeasure, measurer
+    from dbtutor.measuring.measure import ClipMeasure, measurer
     monkeypatch.setenv("DBTUTOR_CLIP_MODEL", str(tiny_encoders / "clip"))
     monkeypatch.setenv("DBTUTOR_DINO_MODEL", str(tiny_encoders / "dino"))
     m = measurer(DOG6)

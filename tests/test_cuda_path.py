@@ -1,4 +1,4 @@
-"""The CUDA path of training taken on a CPU (DBTUTOR_SIMULATE_CUDA=1, dbtutor/hooks.py), for LoRA and full
+"""The CUDA path of training taken on a CPU (DBTUTOR_SIMULATE_CUDA=1, dbtutor/core/hooks.py), for LoRA and full
 fine-tuning with trainer.precision=16: frozen weights in half, accelerate's GradScaler and gradient clipping, float16
 autocast in the training step, in validation and for the class images; trainable weights float32 throughout; the
 pipeline saved in float32 with its frozen parts bit-identical to the base model's. Negative controls show that each
@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 import dbtutor
-from dbtutor.hooks import SIMULATE_CUDA
-from dbtutor.precision import kept_bytes
+from dbtutor.core.hooks import SIMULATE_CUDA
+from dbtutor.models.precision import kept_bytes
 
 T = importlib.import_module("dbtutor.train")        # the module (dbtutor.train is also the function)
 PARTS = ("unet", "text_encoder", "vae")
@@ -78,7 +78,7 @@ def saved_tensors(folder: Path) -> dict:
 def fp16_pipeline_dir(tmp_path_factory) -> Path:
     """The tiny pipeline saved in float16, as Stable Diffusion v1.5's fp16 variant is."""
     from conftest import make_tiny_pipeline
-    from dbtutor.pipeline import sd_layout
+    from dbtutor.models.pipeline import sd_layout
     path = tmp_path_factory.mktemp("tiny_sd_fp16")
     make_tiny_pipeline().to(torch.float16).save_pretrained(path, safe_serialization=True)
     sd_layout(path)

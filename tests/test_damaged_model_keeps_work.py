@@ -11,8 +11,8 @@ import pytest
 
 from conftest import SUBJECT
 from dbtutor import load_config, train
-from dbtutor.cli import main
-from dbtutor.errors import ConfigError
+from dbtutor.commands.cli import main
+from dbtutor.core.errors import ConfigError
 
 UNET = "unet/diffusion_pytorch_model.safetensors"
 

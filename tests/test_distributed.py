@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 import dbtutor
-from dbtutor.hooks import RANK_LOG
-from dbtutor.locks import LOCK, OWNER
+from dbtutor.core.hooks import RANK_LOG
+from dbtutor.core.locks import LOCK, OWNER
 
 from conftest import SUBJECT
 

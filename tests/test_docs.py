@@ -85,7 +85,7 @@ def test_an_unknown_or_unclosed_block_is_refused(docs_copy):
 
 
 def test_update_refuses_a_result_of_other_weights_or_a_quick_run(docs_copy, tmp_path):
-    from dbtutor.same_run import model_fingerprint
+    from dbtutor.models.model_source import model_fingerprint
     kept = docs_copy / "docs" / "results" / "quality.json"
     before = kept.read_bytes() if kept.exists() else None
     result = {"kind": "quality", "settings": {"model": RT.SHIPPED_MODEL, "model_fingerprint": "0" * 16}}
@@ -107,7 +107,7 @@ def test_update_refuses_a_result_of_other_weights_or_a_quick_run(docs_copy, tmp_
 
 def test_an_ablation_measured_on_other_defaults_is_stale():
     from dbtutor import load_config
-    from dbtutor.ablate import flat_config
+    from dbtutor.commands.ablate import flat_config
     settings = {"config": flat_config(load_config()), "steps": load_config().trainer.max_steps,
                 "num_reg_images": load_config().model.data.num_reg_images, "pretrained": "elsewhere"}
     assert RT.stale("ablation", {"kind": "ablation", "settings": settings}) == []
@@ -167,7 +167,7 @@ def test_no_issue_numbers_or_commit_hashes_outside_the_experiments_log():
 
 @pytest.mark.slow
 def test_the_quality_command_writes_what_the_tables_are_made_from(tiny_pipeline_dir, tmp_path, capsys):
-    from dbtutor.same_run import model_fingerprint
+    from dbtutor.models.model_source import model_fingerprint
     from dbtutor.toyworld import judge as J
     from dbtutor.toyworld.quality import main
     J.save_judge(J.Judge(), tmp_path / "judge")
@@ -202,7 +202,7 @@ def test_lora_vs_full_writes_what_the_tables_are_made_from(tiny_pipeline_dir, tm
 
 
 def test_the_gpu_memory_table_is_what_dbtutor_memory_prints():
-    """docs/gpu.md shows `python -m dbtutor.memory`'s table as the code makes it now (estimates change with it)."""
-    from dbtutor.memory import table
+    """docs/gpu.md shows `python -m dbtutor.models.memory`'s table as the code makes it now (estimates change with it)."""
+    from dbtutor.models.memory import table
     assert table() in (ROOT / "docs" / "gpu.md").read_text(encoding="utf-8"), \
-        "docs/gpu.md: paste the table `python -m dbtutor.memory` prints"
+        "docs/gpu.md: paste the table `python -m dbtutor.models.memory` prints"

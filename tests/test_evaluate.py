@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from dbtutor import evaluate as E
-from dbtutor.errors import ConfigError
+from dbtutor.measuring import evaluate as E
+from dbtutor.core.errors import ConfigError
 from dbtutor.toyworld import judge as J
 from dbtutor.toyworld.world import SCENES, Attrs, render
 
-from conftest import DOG6, ROOT, SUBJECT, TOKENIZER, load_script
+from conftest import DOG6, ROOT, SUBJECT, load_script
 
 BALL = E.world_prompts(json.loads((SUBJECT / "subject.json").read_text()))
 
@@ -211,7 +211,7 @@ def random_judge(tmp_path_factory):
 
 
 def test_cli_eval_on_the_tiny_pipeline(tiny_pipeline_dir, random_judge, tmp_path, capsys):
-    from dbtutor.cli import main
+    from dbtutor.commands.cli import main
     common = [f"output_dir={tmp_path / 'out'}", f"model.data.instance_dir={SUBJECT}",
               "model.sampling.num_inference_steps=2", "trainer.device=cpu"]
     assert main(["eval", "--judge", str(random_judge), *common]) == 2          # nothing trained there yet
@@ -232,7 +232,7 @@ def test_cli_eval_on_the_tiny_pipeline(tiny_pipeline_dir, random_judge, tmp_path
 
 
 def test_summary_mean_and_std():
-    from dbtutor.ablate import markdown, summarise
+    from dbtutor.commands.ablate import markdown, summarise
     runs = [{"metrics": {"pres_attr": v, "div": 0.5}} for v in (0.0, 0.5, 1.0)]
     table = summarise({("ball", "no_prior"): runs, ("box", "no_prior"): runs[:1]}, keys=("pres_attr", "div"))
     assert table["ball"]["no_prior"]["pres_attr"] == [0.5, 0.5, 3]
@@ -243,7 +243,7 @@ def test_summary_mean_and_std():
 
 @pytest.mark.slow
 def test_ablate_end_to_end_and_resume(tiny_config, random_judge, tmp_path, monkeypatch):
-    from dbtutor import ablate as A
+    from dbtutor.commands import ablate as A
     cfg = tiny_config(**{"trainer.device": "cpu"})
     kw = dict(subjects=["twotone_ball"], seeds=[0], weights=[0, 1], steps=2, work=tmp_path / "abl",
               judge_dir=random_judge, num_samples=2, class_samples=2, num_reg_images=2)

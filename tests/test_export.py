@@ -13,9 +13,9 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 import dbtutor
-from dbtutor.errors import ConfigError, DataError
-from dbtutor.export import NotStableDiffusion, export
-from dbtutor.lora import WEIGHT_NAME, load_lora
+from dbtutor.core.errors import ConfigError, DataError
+from dbtutor.sharing.export import NotStableDiffusion, export
+from dbtutor.models.lora import WEIGHT_NAME, load_lora
 
 from conftest import ROOT, SUBJECT
 
@@ -37,7 +37,7 @@ def render(pipe) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def sd15_dir(tmp_path_factory) -> Path:
-    from dbtutor.sd15 import save_random_pipeline
+    from dbtutor.models.sd15 import save_random_pipeline
     folder = tmp_path_factory.mktemp("sd15") / "base"
     save_random_pipeline(folder, dtype="fp32", size="small")
     return folder
@@ -124,8 +124,8 @@ def test_sd2_layout_exports_openclip_keys_and_round_trips(tmp_path):
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dbtutor.pipeline import sd_layout
-    from dbtutor.sd15 import SCHEDULER_CONFIG, configs, load_tokenizer
+    from dbtutor.models.pipeline import sd_layout
+    from dbtutor.models.sd15 import SCHEDULER_CONFIG, configs, load_tokenizer
     c = configs("small")
     torch.manual_seed(0)
     pipe = StableDiffusionPipeline(
@@ -148,7 +148,7 @@ def sd_adapters(rank: int = 2, text_encoder: bool = True) -> dict:
     """Adapters in the layout save_lora writes (diffusers' format: the UNet's .lora.down/.up, the text encoder's
     .lora_linear_layer.down/.up), one attention projection in each of SD's 16 attention blocks, two in the text
     encoder (layers 1 and 10: their kohya names sort differently from their diffusers names)."""
-    from dbtutor.export import SD_ATTENTIONS
+    from dbtutor.sharing.export import SD_ATTENTIONS
     g, out = torch.Generator().manual_seed(0), {}
     for block in sorted(SD_ATTENTIONS):
         for half, shape in (("down", (rank, 8)), ("up", (8, rank))):
@@ -165,7 +165,7 @@ def test_the_kohya_file_is_kohyas_sd_layout(text_encoder):
     """Each module's kohya name is its diffusers path with underscores under lora_unet_ / lora_te_ (kohya's SD 1.x
     and 2.x prefix), lora_down = the adapter's down half, lora_up = its up half (alpha / r folded in), alpha = rank
     as a float32 scalar: 1.0 x folded weights, what the run's own adapters compute."""
-    from dbtutor.export import kohya_state
+    from dbtutor.sharing.export import kohya_state
     adapters = sd_adapters(rank=2, text_encoder=text_encoder)
     state = kohya_state("run", adapters)
     want = {}
@@ -187,7 +187,7 @@ def test_what_diffusers_conversion_lacks_for_sd1(tmp_path):
     from diffusers.utils import (convert_all_state_dict_to_peft, convert_state_dict_to_kohya,
                                  convert_unet_state_dict_to_peft)
 
-    from dbtutor.export import kohya_state
+    from dbtutor.sharing.export import kohya_state
     adapters = sd_adapters(rank=2)
     stock = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(convert_unet_state_dict_to_peft(adapters)))
     ours = kohya_state("run", adapters)
@@ -221,7 +221,7 @@ def test_other_architectures_are_refused_in_one_line(tiny_config, tmp_path):
     lora = dbtutor.train(tiny_config(**{"model.lora.rank": 2, "trainer.max_steps": 1, "trainer.checkpoint_every": 0}))
     with pytest.raises(NotStableDiffusion, match="attention blocks"):                  # the tiny UNet's adapters
         export(lora.output_dir, out)
-    from dbtutor.export import convert_text_encoder, convert_unet
+    from dbtutor.sharing.export import convert_text_encoder, convert_unet
     with pytest.raises(NotStableDiffusion, match=r"UNet weight mystery\.weight has no place"):
         convert_unet("run", {"conv_in.weight": torch.zeros(1), "mystery.weight": torch.zeros(1)})
     with pytest.raises(NotStableDiffusion, match="text_projection.weight has no place in CLIP's layout"):
@@ -234,7 +234,7 @@ def test_other_architectures_are_refused_in_one_line(tiny_config, tmp_path):
 
 def test_cli_export_writes_atomically(sd15_run, tmp_path, capsys):
     """Killed just before the rename, the earlier file at --out is intact; the command line then writes the file."""
-    from dbtutor.cli import main
+    from dbtutor.commands.cli import main
     run = sd15_run("full", **{"model.train_text_encoder": True})
     out = tmp_path / "model.safetensors"
     out.write_bytes(b"an earlier export")
@@ -274,7 +274,7 @@ def test_what_the_card_says_works_offline(sd15_run, tmp_path):
 
     from PIL import Image
 
-    from dbtutor.pipeline import load_pipeline, sample
+    from dbtutor.models.pipeline import load_pipeline, sample
     lora = sd15_run("lora_True", **{"model.lora.rank": 4, "model.lora.alpha": 8, "optim.lr": 1e-2,
                                     "model.train_text_encoder": True})
     full = shutil.copytree(sd15_run("full", **{"model.train_text_encoder": True}), tmp_path / "moved" / "full")
@@ -306,7 +306,7 @@ def test_a_lora_run_without_its_merged_copy_exports_and_has_a_card(sd15_run, tmp
     """Adapters, dreambooth.yaml and history.json are enough: export and the model card need no merged pipeline."""
     import shutil
 
-    from dbtutor.card import CARD, refresh_card
+    from dbtutor.sharing.card import CARD, refresh_card
     run = sd15_run("lora_True", **{"model.lora.rank": 4, "model.lora.alpha": 8, "optim.lr": 1e-2,
                                    "model.train_text_encoder": True})
     slim = tmp_path / "slim"

@@ -2,7 +2,7 @@
 a checkpoint and the output pipeline, and interrupted (SIGINT) between steps; each rerun keeps what was finished,
 and the last one ends with exactly the weights of an uninterrupted run.
 
-The kills land at exact places through the test hook dbtutor.hooks.fault_point (DBTUTOR_FAULT=<point>:<n>)."""
+The kills land at exact places through the test hook dbtutor.core.hooks.fault_point (DBTUTOR_FAULT=<point>:<n>)."""
 import json
 import os
 import signal
@@ -16,10 +16,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import dbtutor
-from dbtutor import checkpoint
-from dbtutor.hooks import FAULT_ENV
-from dbtutor.locks import LOCK_FILES
-from dbtutor.pipeline import sd_layout
+from dbtutor.runs import checkpoint
+from dbtutor.core.hooks import FAULT_ENV
+from dbtutor.core.locks import LOCK_FILES
+from dbtutor.models.pipeline import sd_layout
 from conftest import ROOT, SUBJECT, make_tiny_pipeline
 
 PARTS = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from conftest import DOG6, ROOT, fake_hub_cache, save_tiny_encoders
 from dbtutor import course
-from dbtutor.lora import WEIGHT_NAME
+from dbtutor.models.lora import WEIGHT_NAME
 
 T4 = (14.7, (7, 5))         # what torch.cuda reports on a Colab T4: GiB, compute capability
 
@@ -21,16 +21,16 @@ T4 = (14.7, (7, 5))         # what torch.cuda reports on a Colab T4: GiB, comput
 @pytest.fixture
 def t4(tmp_path, monkeypatch):
     """course.settings on a CUDA T4 (pick_device and the card stood in for); bitsandbytes as each test says."""
-    import dbtutor.memory
-    import dbtutor.pipeline
+    import dbtutor.models.memory
+    import dbtutor.models.pipeline
     for name in ("DBTUTOR_PROFILE", "DBTUTOR_PRETRAINED", "DBTUTOR_NB_LORA_RANK", "DBTUTOR_NB_LR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DBTUTOR_NB_WORK", str(tmp_path / "work"))
-    monkeypatch.setattr(dbtutor.pipeline, "pick_device", lambda device="auto": torch.device("cuda"))
-    monkeypatch.setattr(dbtutor.memory, "_gpu", lambda: T4)
+    monkeypatch.setattr(dbtutor.models.pipeline, "pick_device", lambda device="auto": torch.device("cuda"))
+    monkeypatch.setattr(dbtutor.models.memory, "_gpu", lambda: T4)
 
     def card(bnb: bool):
-        monkeypatch.setattr(dbtutor.memory, "_has_bitsandbytes", lambda: bnb)
+        monkeypatch.setattr(dbtutor.models.memory, "_has_bitsandbytes", lambda: bnb)
     return card
 
 
@@ -78,9 +78,9 @@ def test_a_lora_run_of_the_sd15_profile_is_saved_as_its_adapters(t4, tmp_path, m
     SD-structured pipeline: the run folder holds no UNet, text-encoder or VAE weights, only the adapters (and the
     cached latents); its checkpoint holds 12 bytes per trained parameter (weights and AdamW's two moments), which
     is what makes SD v1.5's LoRA r=16 checkpoint 38 MB (docs/gpu.md)."""
-    from dbtutor.lora import count_parameters
-    from dbtutor.pipeline import load_pipeline, load_trained
-    from dbtutor.sd15 import save_random_pipeline
+    from dbtutor.models.lora import count_parameters
+    from dbtutor.models.pipeline import load_pipeline, load_trained
+    from dbtutor.models.sd15 import save_random_pipeline
     save_random_pipeline(tmp_path / "small", dtype="fp32", size="small")
     monkeypatch.setenv("DBTUTOR_PRETRAINED", str(tmp_path / "small"))
     t4(True)
@@ -117,8 +117,8 @@ def _lora_cfg(out):
 
 def _lora_modules(base, out):
     """The base model's UNet and text encoder with the run's adapters added (to count what it trained)."""
-    from dbtutor.lora import add_lora
-    from dbtutor.pipeline import load_pipeline
+    from dbtutor.models.lora import add_lora
+    from dbtutor.models.pipeline import load_pipeline
     pipe = load_pipeline(base)
     add_lora(_lora_cfg(out), pipe.unet, pipe.text_encoder)
     return pipe.unet, pipe.text_encoder
@@ -126,7 +126,7 @@ def _lora_modules(base, out):
 
 def test_the_measuring_stick_never_touches_clip(tiny_encoders, monkeypatch):
     import transformers
-    from dbtutor.measure import ClipMeasure
+    from dbtutor.measuring.measure import ClipMeasure
     touched = []
     for cls in ("CLIPModel", "CLIPTokenizer"):
         monkeypatch.setattr(getattr(transformers, cls), "from_pretrained",
@@ -140,8 +140,8 @@ def test_the_measuring_stick_never_touches_clip(tiny_encoders, monkeypatch):
 
 
 def test_eval_loads_both_at_once_and_a_model_loads_when_first_used(tiny_encoders, tmp_path):
-    from dbtutor.encoders import Encoders
-    from dbtutor.errors import ConfigError
+    from dbtutor.measuring.encoders import Encoders
+    from dbtutor.core.errors import ConfigError
     enc = Encoders(tmp_path / "no-clip", tiny_encoders / "dino", load=("dino",))
     assert enc.dino_images([Image.new("RGB", (40, 40))]).shape[0] == 1
     with pytest.raises(ConfigError, match=r"cannot load the CLIP model .*no-clip .*--clip-model") as e:
@@ -160,11 +160,11 @@ def test_an_sd15_course_run_scores_its_validations_from_step_0(tmp_path):
     download of facebook/dinov2-small puts a tiny one into the cache. The course fetches DINOv2 before training, so
     the validation at step 0 (which never downloads) already has DINO scores; no CLIP-I, as CLIP is not there and
     nothing fetches it; the base model is read in its fp16 files, as float32 on the CPU."""
-    from dbtutor.sd15 import save_random_pipeline
+    from dbtutor.models.sd15 import save_random_pipeline
     small = tmp_path / "small"
     save_random_pipeline(small, dtype="fp32", size="small")
     fp16 = tmp_path / "small-fp16"                       # the same weights as a variant download holds them
-    from dbtutor.pipeline import load_pipeline, sd_layout
+    from dbtutor.models.pipeline import load_pipeline, sd_layout
     load_pipeline(small).to(torch.float16).save_pretrained(fp16, variant="fp16")
     sd_layout(fp16)
     save_tiny_encoders(tmp_path / "enc")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import dbtutor
-from dbtutor.locks import LOCK, OWNER, FolderLock, hold
+from dbtutor.core.locks import LOCK, OWNER, FolderLock, hold
 
 from conftest import ROOT
 
@@ -20,7 +20,7 @@ HOLDER = """
 import sys, time
 from pathlib import Path
 if sys.argv[3] == "dbtutor":                      # as a run does: the lock and its record
-    from dbtutor.locks import hold
+    from dbtutor.core.locks import hold
     lock = hold(sys.argv[1], "output_dir")
 else:                                             # the bare flock, no record (a holder that has not named itself)
     from filelock import FileLock
@@ -62,7 +62,7 @@ def test_a_second_run_on_the_same_output_dir_stops_at_once_naming_the_other(tiny
         assert not (out / "model_index.json").exists()
         # the command line: exit status 2 and that one line
         cfg_file = tmp_path / "run.yaml"
-        cfg_file.write_text(dbtutor.config.to_yaml(cfg))
+        cfg_file.write_text(dbtutor.core.config.to_yaml(cfg))
         r = subprocess.run([sys.executable, "-m", "dbtutor", "train", "--config", str(cfg_file)], capture_output=True,
                            text=True, cwd=ROOT, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert r.returncode == 2

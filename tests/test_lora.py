@@ -8,7 +8,7 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 import dbtutor
-from dbtutor.lora import WEIGHT_NAME, load_lora
+from dbtutor.models.lora import WEIGHT_NAME, load_lora
 
 PROMPTS = ["a photo of sks ball", "a photo of a ball"]
 
@@ -82,8 +82,8 @@ def test_lora_checkpoints_hold_only_adapters_and_resume(tiny_config, tmp_path):
 def test_a_finished_lora_run_continues_from_its_saved_adapters(tiny_config, tmp_path, capsys):
     """Without a kept checkpoint the adapters come back from pytorch_lora_weights.safetensors (alpha / r taken out of
     B again): exactly the adapter tensors the same run's checkpoint holds."""
-    from dbtutor.lora import add_lora, adapter_state, load_saved_adapters
-    from dbtutor.pipeline import load_pipeline
+    from dbtutor.models.lora import add_lora, adapter_state, load_saved_adapters
+    from dbtutor.models.pipeline import load_pipeline
     te = {"model.train_text_encoder": True, "trainer.max_steps": 3}
     dbtutor.train(lora_cfg(tiny_config, output_dir=str(tmp_path / "kept"), **te, **{"trainer.keep_checkpoints": True}))
     cfg = lora_cfg(tiny_config, output_dir=str(tmp_path / "run"), **te)
@@ -128,9 +128,9 @@ def test_a_lora_run_can_be_saved_as_its_adapters_alone(tiny_config, tmp_path, ca
     again = dbtutor.train(cfg)                                     # found: nothing to train
     assert "nothing to train" in capsys.readouterr().out and not again.saved
     assert np.abs(render(again.pipe) - own).max() < 1e-5
-    from dbtutor.pipeline import load_trained                      # what `dbtutor sample` and `eval` load
+    from dbtutor.models.pipeline import load_trained                      # what `dbtutor sample` and `eval` load
     assert np.abs(render(load_trained(out)) - own).max() < 1e-4
-    from dbtutor.cli import main
+    from dbtutor.commands.cli import main
     args = [f"{k}={v}" for k, v in (("model.pretrained", cfg.model.pretrained), ("output_dir", out),
                                     ("model.data.instance_dir", cfg.model.data.instance_dir))]
     assert main(["sample", "--num", "1", "--out", str(tmp_path / "s.png"), *args]) == 0

@@ -3,9 +3,9 @@ gpu_settings' choice per card."""
 import pytest
 import torch
 
-from dbtutor import memory
-from dbtutor.memory import GIB, Setting, estimate, fits, gpu_settings
-from dbtutor.sd15 import PUBLISHED_PARAMS
+from dbtutor.models import memory
+from dbtutor.models.memory import GIB, Setting, estimate, fits, gpu_settings
+from dbtutor.models.sd15 import PUBLISHED_PARAMS
 
 
 def test_the_parts_of_full_fine_tuning_with_8bit_adamw_in_fp16_by_hand():
@@ -32,8 +32,8 @@ def test_the_parts_of_full_fine_tuning_with_8bit_adamw_in_fp16_by_hand():
 
 
 def test_lora_parameter_counts_are_sd15s():
-    from dbtutor.lora import TEXT_TARGETS, UNET_TARGETS
-    from dbtutor.sd15 import build_models
+    from dbtutor.models.lora import TEXT_TARGETS, UNET_TARGETS
+    from dbtutor.models.sd15 import build_models
     m = build_models("meta")
     for part, targets in (("unet", UNET_TARGETS), ("text_encoder", TEXT_TARGETS)):
         n = sum(x.in_features + x.out_features for name, x in m[part].named_modules()

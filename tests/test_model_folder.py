@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file, save_file
 
 from conftest import HUB_COMMIT, ROOT, TOKENIZER, fake_hub_cache, make_tiny_pipeline
-from dbtutor.cli import main
-from dbtutor.errors import ConfigError
-from dbtutor.model_check import check_model
-from dbtutor.pipeline import load_pipeline
+from dbtutor.commands.cli import main
+from dbtutor.core.errors import ConfigError
+from dbtutor.models.model_check import check_model
+from dbtutor.models.pipeline import load_pipeline
 
 WEIGHTS = {"unet": "unet/diffusion_pytorch_model.safetensors", "vae": "vae/diffusion_pytorch_model.safetensors",
            "text_encoder": "text_encoder/model.safetensors"}
@@ -379,7 +378,7 @@ def test_sound_folders_pass_and_load(layout, sound, tmp_path):
     if layout == "toyworld":
         folder = ROOT / "data" / "models" / "toyworld"
     elif layout.startswith("sd15"):
-        from dbtutor.sd15 import save_random_pipeline
+        from dbtutor.models.sd15 import save_random_pipeline
         folder = tmp_path / layout
         save_random_pipeline(folder, dtype=layout.rsplit("-", 1)[1], size="small")
     else:

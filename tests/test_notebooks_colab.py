@@ -8,7 +8,7 @@ checkout's own install) and each runtime installs it again. The course comes as 
 (dbtutor-main/, the files git tracks here), first in Drive, then uploaded to Colab, then from Drive, once from a
 REPO git URL. The learner chooses the sd15 profile, their photos and class noun in 01's parameters cell only, and
 MAX_STEPS in 02's; the sd15 profile runs on the small random pipeline with Stable Diffusion v1.5's block layout
-(dbtutor.sd15, "small"), at 64 px and a few steps (DBTUTOR_NB_*), fp16 sampling on the CPU (DBTUTOR_ALLOW_CPU=1
+(dbtutor.models.sd15, "small"), at 64 px and a few steps (DBTUTOR_NB_*), fp16 sampling on the CPU (DBTUTOR_ALLOW_CPU=1
 after the first runtime, which shows the refusal), tiny random CLIP/DINOv2 encoders for the measuring cells. The
 photos are the DreamBooth paper's dog cropped to 4:3, 16:9 and 9:16 as phone photos are."""
 from __future__ import annotations
@@ -78,7 +78,7 @@ class Colab:
     """The simulated Colab: `content` (one runtime's files), `drive` (kept), the kernels' virtual environment."""
 
     def __init__(self, root: Path):
-        from dbtutor.sd15 import save_random_pipeline
+        from dbtutor.models.sd15 import save_random_pipeline
         self.root, self.content, self.drive = root, root / "content", root / "drive"
         self.content.mkdir()
         self.drive.mkdir()
@@ -127,7 +127,7 @@ class Colab:
             "DBTUTOR_NB_RESOLUTION": "64", "DBTUTOR_NB_CHECKPOINT_EVERY": "3", "DBTUTOR_NB_NUM_REG_IMAGES": "4",
             "DBTUTOR_NB_SAMPLES_PER_PROMPT": "2", "DBTUTOR_NB_SAMPLER_STEPS": "3", "DBTUTOR_NB_SAMPLE_BATCH": "2",
             "DBTUTOR_NB_DTYPE": "float16",
-            "DBTUTOR_SIMULATE_CUDA": "1",        # dbtutor/hooks.py: sampling under float16 autocast, as on a GPU
+            "DBTUTOR_SIMULATE_CUDA": "1",        # dbtutor/core/hooks.py: sampling under float16 autocast, as on a GPU
             "DBTUTOR_NB_LR": "0.005",            # LoRA moves the samples visibly in 6 steps: 07's checks can fail
             "DBTUTOR_CLIP_MODEL": str(root / "encoders" / "clip"), "DBTUTOR_DINO_MODEL": str(root / "encoders" / "dino"),
             "OMP_NUM_THREADS": os.environ.get("DBTUTOR_TEST_THREADS", "2"),

@@ -100,7 +100,7 @@ def _params(cell_text: str) -> dict:
 def test_each_setting_the_cell_leaves_to_the_profile_reaches_setup_and_says_its_values(path):
     """A setting set to None in the parameters cell is passed to course.setup under its own name, and its comment
     gives each profile's value as dbtutor.course.PROFILES has it ("by GPU" where a GPU decides)."""
-    from dbtutor.course import GPU_KEYS, PROFILES
+    from dbtutor.course.profiles import GPU_KEYS, PROFILES
     cells = load(path)["cells"]
     params, setup = _params(text(cells[3])), text(cells[4])
     for name, (value, comment) in params.items():
@@ -254,10 +254,10 @@ def test_cells_the_notebooks_share_are_identical():
 
 
 def test_the_settings_that_name_a_run_are_the_courses_in_every_parameters_cell():
-    """A parameter for a setting that names a run (dbtutor.choices.NAMES_A_RUN: setup keeps it for the next
+    """A parameter for a setting that names a run (dbtutor.course.choices.NAMES_A_RUN: setup keeps it for the next
     notebooks) sits in the cell's course block, on the same line in every notebook that shows it; the notebook's own
     settings sit below "# this notebook". So a learner sees which values the next notebooks follow."""
-    from dbtutor.choices import REMEMBERED
+    from dbtutor.course.choices import REMEMBERED
     lines: dict[str, set] = {}
     for path in NOTEBOOKS:
         cell = text(load(path)["cells"][3])

@@ -6,8 +6,8 @@ import torch
 import transformers
 
 from conftest import TOKENIZER
-from dbtutor.errors import ConfigError
-from dbtutor.pipeline import load_pipeline, set_scheduler
+from dbtutor.core.errors import ConfigError
+from dbtutor.models.pipeline import load_pipeline, set_scheduler
 
 
 def test_every_sampler_loads_and_ddim_never_clips_latents(tiny_pipeline_dir):
@@ -77,7 +77,7 @@ def test_a_folder_saved_by_transformers_5_is_fixed_into_one_every_version_reads(
     transformers 4 cannot read either and says what to run; after `dbtutor fix-layout` every version loads the
     folder, with the same tokens and text encoder outputs."""
     from safetensors import safe_open
-    from dbtutor.cli import main
+    from dbtutor.commands.cli import main
     v5 = tmp_path / "v5"
     copy_with_text_encoder_keys(tiny_pipeline_dir, v5, lambda k: k.removeprefix("text_model."))
     shutil.rmtree(v5 / "tokenizer")
@@ -123,7 +123,7 @@ def test_stable_diffusions_own_layout_with_its_old_position_ids_loads(tiny_pipel
 
 
 def test_text_shift_and_text_moved_measure_the_text_encoders_output(tiny_pipeline_dir):
-    from dbtutor.pipeline import text_moved, text_shift
+    from dbtutor.models.pipeline import text_moved, text_shift
     base, tuned = load_pipeline(tiny_pipeline_dir), load_pipeline(tiny_pipeline_dir)
     same, sks = text_shift(base, "a photo of a ball", ["a photo of a ball", "a photo of sks ball"])
     assert same == 0 and sks > 0

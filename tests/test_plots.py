@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from dbtutor.plots import save_grid
+from dbtutor.course.plots import save_grid
 
 
 def drawn_box(path):

@@ -1,5 +1,5 @@
 """Mixed precision on the CPU: fp16 loss scaling as accelerate does it on CUDA, on a CPU counted as CUDA
-(DBTUTOR_SIMULATE_CUDA, dbtutor/hooks.py: an overflowing step skipped, the scale backed off, restored on resume),
+(DBTUTOR_SIMULATE_CUDA, dbtutor/core/hooks.py: an overflowing step skipped, the scale backed off, restored on resume),
 another precision in the same process, frozen weights in half and back (copies kept only of what half precision
 rounds), float16 autocast in sampling, 8-bit AdamW's one-line errors, VAE slicing for large images."""
 import importlib
@@ -13,23 +13,23 @@ import torch
 from safetensors.torch import load_file
 
 import dbtutor
-from dbtutor.fileio import load_torch
-from dbtutor.precision import half_frozen, make_optimizer, restore_frozen
+from dbtutor.core.fileio import load_torch
+from dbtutor.models.precision import half_frozen, make_optimizer, restore_frozen
 
 T = importlib.import_module("dbtutor.train")        # the module (dbtutor.train is also the function)
 
 
 def fp16_as_on_cuda(monkeypatch, tiny_config):
-    """trainer.precision=16 on a CPU that counts as CUDA (DBTUTOR_SIMULATE_CUDA=1, dbtutor/hooks.py): accelerate's
+    """trainer.precision=16 on a CPU that counts as CUDA (DBTUTOR_SIMULATE_CUDA=1, dbtutor/core/hooks.py): accelerate's
     GradScaler, autocast in float16 on the CPU, the frozen weights in half. Returns a config maker for it."""
-    from dbtutor.hooks import SIMULATE_CUDA
+    from dbtutor.core.hooks import SIMULATE_CUDA
     monkeypatch.setenv(SIMULATE_CUDA, "1")
     return lambda **overrides: tiny_config(**{"trainer.precision": "16", **overrides})
 
 
 def overflow_at(monkeypatch, backward: int):
     """One UNet gradient is inf at the `backward`-th backward pass of the next pipeline train() loads."""
-    real = importlib.import_module("dbtutor.pipeline").load_pipeline
+    real = importlib.import_module("dbtutor.models.pipeline").load_pipeline
     count = {"n": 0}
 
     def load(*a, **k):
@@ -120,7 +120,7 @@ def test_after_a_non_finite_loss_the_advice_works_in_the_same_process(tiny_confi
 
 def test_frozen_weights_go_half_on_a_gpu_and_come_back_bit_identical(tiny_config):
     from conftest import make_tiny_pipeline
-    from dbtutor.lora import add_lora
+    from dbtutor.models.lora import add_lora
     for rank in (0, 4):
         cfg = tiny_config(**{"trainer.precision": "16", "model.lora.rank": rank})
         pipe = make_tiny_pipeline()
@@ -146,7 +146,7 @@ def lora_parts(cfg, round_to=None):
     """A tiny pipeline with LoRA adapters, its VAE and text encoder frozen, every weight first rounded to `round_to`
     (as weights loaded from fp16 files are) unless None. Returns {name: module} for half_frozen."""
     from conftest import make_tiny_pipeline
-    from dbtutor.lora import add_lora
+    from dbtutor.models.lora import add_lora
     pipe = make_tiny_pipeline()
     if round_to is not None:
         for p in pipe.components.values():
@@ -171,7 +171,7 @@ def copies(kept: dict) -> set:
 ])
 def test_half_frozen_keeps_a_copy_only_of_weights_half_precision_rounds(tiny_config, precision, round_to,
                                                                         needs_copies):
-    from dbtutor.precision import HALF, kept_bytes
+    from dbtutor.models.precision import HALF, kept_bytes
     cfg = tiny_config(**{"trainer.precision": precision, "model.lora.rank": 4})
     parts = lora_parts(cfg, round_to)
     if not needs_copies:                   # one number off by one float32 step: that tensor alone is copied
@@ -198,10 +198,10 @@ def test_half_frozen_keeps_a_copy_only_of_weights_half_precision_rounds(tiny_con
 
 
 def test_a_cpu_counts_as_cuda_only_when_the_environment_asks(tiny_config, monkeypatch):
-    """DBTUTOR_SIMULATE_CUDA=1 (dbtutor/hooks.py): a CPU takes the CUDA decisions; a GPU or MPS stays what it is."""
-    from dbtutor.hooks import SIMULATE_CUDA, device_kind
-    from dbtutor.pipeline import sampling_dtype
-    from dbtutor.precision import check_precision
+    """DBTUTOR_SIMULATE_CUDA=1 (dbtutor/core/hooks.py): a CPU takes the CUDA decisions; a GPU or MPS stays what it is."""
+    from dbtutor.core.hooks import SIMULATE_CUDA, device_kind
+    from dbtutor.models.pipeline import sampling_dtype
+    from dbtutor.models.precision import check_precision
     cfg = tiny_config(**{"trainer.precision": "16", "model.lora.rank": 4})
     for value in (None, "0", "yes"):                                    # only "1" switches it on
         if value is None:
@@ -224,8 +224,8 @@ def test_sample_autocasts_in_float16_where_a_gpu_would(monkeypatch):
     """pipeline.sample on a CPU counted as CUDA: float16 autocast (on the CPU), for a float32 pipeline and a float16
     one (a notebook's sampling copy); without the hook none."""
     from conftest import make_tiny_pipeline
-    from dbtutor.hooks import SIMULATE_CUDA
-    from dbtutor.pipeline import sample
+    from dbtutor.core.hooks import SIMULATE_CUDA
+    from dbtutor.models.pipeline import sample
     seen = []
     pipe = make_tiny_pipeline()
     pipe.unet.conv_in.register_forward_pre_hook(
@@ -261,7 +261,7 @@ def test_8bit_adam_without_bitsandbytes_or_cuda_is_one_line(tiny_config, monkeyp
 def test_large_images_are_decoded_one_at_a_time(monkeypatch):
     """From SLICE_FROM_PX on (here lowered to 64 px, so the tiny model stays fast) the VAE decodes image by image."""
     from conftest import make_tiny_pipeline
-    from dbtutor import pipeline
+    from dbtutor.models import pipeline
     assert pipeline.sampling_dtype("cuda") == torch.float16 and pipeline.sampling_dtype("cpu") == torch.float32
     monkeypatch.setattr(pipeline, "SLICE_FROM_PX", 64)
     pipe = make_tiny_pipeline()

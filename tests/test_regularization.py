@@ -50,7 +50,7 @@ def test_class_images_of_another_model_or_prompt_are_refused_not_reused(tiny_con
     import pytest
     from safetensors.torch import load_file, save_file
 
-    from dbtutor.errors import DataError
+    from dbtutor.core.errors import DataError
     from dbtutor.regularization import PROVENANCE
     def config(**kw):
         return tiny_config(**{"model.data.num_reg_images": 2, **kw})

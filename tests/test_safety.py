@@ -14,7 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import dbtutor
-from dbtutor import ConfigError, DBTutorError, TrainingError, checkpoint, load_config
+from dbtutor import ConfigError, DBTutorError, TrainingError, load_config
+from dbtutor.runs import checkpoint
 from conftest import DOG6, ROOT
 
 train_module = sys.modules["dbtutor.train"]          # (dbtutor.train is also the name of the function)

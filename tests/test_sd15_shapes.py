@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dbtutor.latent_cache import latent_shape
-from dbtutor.sd15 import MAX_TOKENS, PUBLISHED_PARAMS, build_models, load_tokenizer, parameter_counts
+from dbtutor.models.sd15 import MAX_TOKENS, PUBLISHED_PARAMS, build_models, load_tokenizer, parameter_counts
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,8 @@ def test_the_shipped_clip_tokenizer_gets_sds_77_tokens():
 def test_the_small_pipeline_has_sds_layout_and_loads(tmp_path):
     """The narrow copy: the same weight names as SD v1.5 (layer for layer where the depth is the same), an 8x VAE,
     and a folder load_pipeline accepts and samples from at 64 px."""
-    from dbtutor.pipeline import load_pipeline, sample
-    from dbtutor.sd15 import save_random_pipeline
+    from dbtutor.models.pipeline import load_pipeline, sample
+    from dbtutor.models.sd15 import save_random_pipeline
     full, small = build_models("meta"), build_models("meta", size="small")
     for part in ("unet", "vae"):
         assert set(small[part].state_dict()) == set(full[part].state_dict()), part

@@ -128,7 +128,7 @@ def test_pretrain_every_part_a_few_steps_and_resume(tmp_path, capsys):
 
 def test_export_keeps_the_model_card(tmp_path, monkeypatch):
     from conftest import make_tiny_pipeline
-    from dbtutor.errors import ConfigError
+    from dbtutor.core.errors import ConfigError
     from dbtutor.toyworld import pretrain
     pipe = make_tiny_pipeline()
     out = tmp_path / "models"

@@ -119,7 +119,7 @@ def test_resume_refuses_a_changed_config(tiny_config, tmp_path):
 
 
 def test_a_key_added_after_a_run_was_saved_counts_as_its_default():
-    from dbtutor.same_run import changed_keys
+    from dbtutor.runs.same_run import changed_keys
     old = {"optim.lr": 1e-4}                                  # saved before optim.use_8bit_adam existed
     assert changed_keys(old, {"optim.lr": 1e-4, "optim.use_8bit_adam": False}) == []
     assert changed_keys(old, {"optim.lr": 1e-4, "optim.use_8bit_adam": True}) == ["optim.use_8bit_adam"]

@@ -12,8 +12,8 @@ from diffusers import PNDMScheduler
 
 import dbtutor
 from dbtutor import ConfigError
-from dbtutor.pipeline import load_pipeline, sample
-from dbtutor.validation import SEED, Validator, load_validations, validation_prompts
+from dbtutor.models.pipeline import load_pipeline, sample
+from dbtutor.runs.validation import SEED, Validator, load_validations, validation_prompts
 
 from conftest import SUBJECT
 
@@ -69,7 +69,7 @@ def test_validation_leaves_training_exactly_as_it_was(tiny_config, tmp_path, ran
 
 def test_sampling_puts_the_modules_back_in_train_mode_and_keeps_the_scheduler(tiny_config, monkeypatch):
     from accelerate import Accelerator
-    import dbtutor.pipeline as P
+    import dbtutor.models.pipeline as P
     cfg = tiny_config(**{"trainer.validation.every": 1})
     pipe = load_pipeline(cfg.model.pretrained)
     pipe.unet.train()
@@ -188,7 +188,7 @@ def test_real_photos_are_scored_with_local_clip_and_dino_or_say_once_why_not(tin
 
 @pytest.mark.slow
 def test_a_gpu_out_of_memory_while_sampling_stops_the_validations_not_the_run(tiny_config, monkeypatch):
-    from dbtutor.validation import Validator, load_validations
+    from dbtutor.runs.validation import Validator, load_validations
     real = Validator.sample
     calls = []
 

@@ -7,8 +7,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import dbtutor  # noqa: E402
-from dbtutor.plots import validation_curves, validation_step, validation_strips  # noqa: E402
-from dbtutor.validation import load_validations  # noqa: E402
+from dbtutor.course.plots import validation_curves, validation_step, validation_strips  # noqa: E402
+from dbtutor.runs.validation import load_validations  # noqa: E402
 
 from conftest import SUBJECT  # noqa: E402
 
@@ -60,7 +60,7 @@ def test_the_class_prompt_strips_of_two_runs_and_their_curves(runs):
 
 
 def test_the_step_slider_shows_that_steps_samples(runs):
-    from dbtutor.widgets import validation_panel
+    from dbtutor.course.widgets import validation_panel
     fig = validation_step(runs["with prior"], 2)
     assert len(fig.axes) == 3 * 2 and "step 2" in fig._suptitle.get_text()
     assert fig.axes[0].get_ylabel().startswith("a photo of sks ball\nlook_share ")

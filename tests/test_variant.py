@@ -9,8 +9,8 @@ import torch
 
 import dbtutor
 from conftest import ROOT, fake_hub_cache, make_tiny_pipeline
-from dbtutor.errors import ConfigError
-from dbtutor.pipeline import load_pipeline, load_trained
+from dbtutor.core.errors import ConfigError
+from dbtutor.models.pipeline import load_pipeline, load_trained
 
 PARTS = ("unet", "vae", "text_encoder")
 
@@ -19,7 +19,7 @@ PARTS = ("unet", "vae", "text_encoder")
 def folders(tmp_path_factory):
     """'both': seed 0's weights as the main files and seed 1's as the fp16 files (so which were loaded shows);
     'fp16': the fp16 files alone (what a download with variant="fp16" leaves); 'main': no variant files."""
-    from dbtutor.pipeline import sd_layout
+    from dbtutor.models.pipeline import sd_layout
     root = tmp_path_factory.mktemp("variants")
     make_tiny_pipeline(seed=0).save_pretrained(root / "both")
     make_tiny_pipeline(seed=1).to(torch.float16).save_pretrained(root / "both", variant="fp16")
@@ -60,7 +60,7 @@ def test_variant_files_alone_without_model_variant_are_one_line(folders):
 
 
 def test_model_variant_is_checked_and_not_a_training_key(tmp_path):
-    from dbtutor.same_run import training_config
+    from dbtutor.runs.same_run import training_config
     cfg = dbtutor.load_config(overrides={"model.variant": "fp16", "output_dir": str(tmp_path)})
     assert cfg.model.variant == "fp16" and "model.variant" not in training_config(cfg)
     assert dbtutor.load_config(overrides=["model.variant=None", f"output_dir={tmp_path}"]).model.variant is None
@@ -102,7 +102,7 @@ def test_a_hub_ids_cached_fp16_download_loads_offline(folders, tmp_path):
     """As a download with variant="fp16" leaves the Hugging Face cache (the fp16 files alone), read offline by
     another process: loads with model.variant=fp16, in float32 on a CPU."""
     fake_hub_cache(tmp_path / "hf", folders / "fp16", "dbtutor-test/tiny-sd-fp16")
-    code = ("import torch; from dbtutor.pipeline import load_pipeline\n"
+    code = ("import torch; from dbtutor.models.pipeline import load_pipeline\n"
             "p = load_pipeline('dbtutor-test/tiny-sd-fp16', variant='fp16')\n"
             "print(sorted({str(next(getattr(p, n).parameters()).dtype) for n in ('unet', 'vae', 'text_encoder')}))")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
@@ -117,7 +117,7 @@ def test_the_stock_load_of_a_notebook_asks_for_the_variant_only_where_diffusers_
     refuses a variant a folder has no files of, and a hub id was fetched in it."""
     from diffusers import StableDiffusionPipeline
 
-    from dbtutor.model_source import stock_variant
+    from dbtutor.models.model_source import stock_variant
     assert stock_variant("someone/some-sd", "fp16") == "fp16" and stock_variant("someone/some-sd", None) is None
     assert stock_variant(folders / "both", "fp16") == "fp16" and stock_variant(folders / "main", "fp16") is None
     for name in ("both", "fp16", "main"):

@@ -7,7 +7,7 @@ import ipywidgets as w  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dbtutor.course import no_progress_bars  # noqa: E402
-from dbtutor.widgets import _guarded, show_figure  # noqa: E402
+from dbtutor.course.widgets import _guarded, show_figure  # noqa: E402
 
 
 def test_show_figure_puts_one_png_in_the_panel_and_closes_the_figure():

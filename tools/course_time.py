@@ -6,7 +6,7 @@
 The count is measured: every notebook runs headlessly, each in a fresh process as each Colab notebook runs in a
 runtime of its own, under the sd15 profile at its default settings (steps, class images, samples, validations)
 with one work folder kept between them (Drive), on a small random pipeline with Stable Diffusion v1.5's block layout
-(dbtutor.sd15, size "small") at 64 px instead of the real model at 512 px. Counted: every UNet evaluation (per
+(dbtutor.models.sd15, size "small") at 64 px instead of the real model at 512 px. Counted: every UNet evaluation (per
 image; classifier-free guidance counts two; those of the samples along the way apart), training forward pass (per
 image), VAE decode and encode, and pipeline load; and per runtime one install, one Drive mount and, where the
 notebook loads the model, one fetch of its weights.
@@ -54,7 +54,7 @@ PRICES = {
 
 COUNTER = r'''
 import json, os, torch, diffusers
-import dbtutor.validation as _validation
+import dbtutor.runs.validation as _validation
 _COUNTS = {"unet_eval": 0, "validation_eval": 0, "train": 0, "vae_decode": 0, "validation_decode": 0,
            "vae_encode": 0, "load": 0}
 _IN_VALIDATION = [False]
@@ -118,7 +118,7 @@ def measure_load(folder: Path) -> float:
     on one thread: the load price's measurement."""
     import torch
     torch.set_num_threads(1)
-    from dbtutor.pipeline import load_pipeline
+    from dbtutor.models.pipeline import load_pipeline
     del_me = load_pipeline(folder)                 # imports, and the files into the page cache
     del del_me
     t0 = time.perf_counter()
@@ -139,8 +139,8 @@ def main(argv=None):
         print(f"load_pipeline({args.measure_load}): {measure_load(args.measure_load):.1f} s")
         return
     from dbtutor.course import settings
-    from dbtutor.provenance import provenance
-    from dbtutor.sd15 import save_random_pipeline
+    from dbtutor.core.provenance import provenance
+    from dbtutor.models.sd15 import save_random_pipeline
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="course_time-"))
     save_random_pipeline(tmp / "small-sd15", dtype="fp32", size="small")

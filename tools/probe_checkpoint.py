@@ -8,9 +8,9 @@ scene and object accuracy on the scene prompts of `python -m dbtutor.toyworld.qu
 import argparse
 from pathlib import Path
 
-from dbtutor.config import ROOT
-from dbtutor.fileio import load_torch
-from dbtutor.pipeline import load_pipeline
+from dbtutor.core.config import ROOT
+from dbtutor.core.fileio import load_torch
+from dbtutor.models.pipeline import load_pipeline
 from dbtutor.toyworld import judge as J
 from dbtutor.toyworld.quality import scene_quality
 from dbtutor.toyworld.training import load_ema

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dbtutor.fileio import atomic_path      # imported first: a missing install fails now, not after the long runs
+from dbtutor.core.fileio import atomic_path      # imported first: a missing install fails now, not after the long runs
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "docs" / "images"

@@ -49,7 +49,7 @@ HEADLINE = ("bind_attr", "bind_scene", "pres_attr", "class_colors")
 
 
 def ablation_table(res: dict, keys, pooled: bool) -> str:
-    from dbtutor.evaluate import METRICS
+    from dbtutor.measuring.evaluate import METRICS
     arrow = {"higher": "↑", "lower": "↓"}
     lines = ["| subject | variant | " + " | ".join(f"{LABELS[k]} {arrow[METRICS[k][1]]}" for k in keys) + " |",
              "|---|---|" + "---|" * len(keys)]
@@ -78,7 +78,7 @@ def command(name: str, res: dict) -> str:
     """The command that made `res`, as a reader would type it: the canonical one plus the options it changed."""
     s = res["settings"]
     if name == "ablation":
-        from dbtutor.ablate import DEFAULTS, shipped_subjects
+        from dbtutor.commands.ablate import DEFAULTS, shipped_subjects
         c, e = s.get("config", {}), s["eval"]
         given = [("--subjects", ",".join(s["subjects"]), s["subjects"] != shipped_subjects()),
                  ("--seeds", ",".join(map(str, s["seeds"])), s["seeds"] != DEFAULTS["seeds"]),
@@ -114,8 +114,8 @@ def render_ablation_headline(res: dict) -> str:
 
 
 def render_ablation(res: dict) -> str:
-    from dbtutor.ablate import SHOWN
-    from dbtutor.evaluate import METRICS
+    from dbtutor.commands.ablate import SHOWN
+    from dbtutor.measuring.evaluate import METRICS
     keys = [k for k in SHOWN if k in LABELS]
     legend = "\n".join(f"- **{LABELS[k]}** (`{k}`, {METRICS[k][1]} is better): {METRICS[k][0]}" for k in keys)
     return (ablation_table(res, keys, pooled=True) + "\n\n" + ablation_settings(res) + ". "

@@ -60,9 +60,9 @@ def render_text(text: str, results: dict, where: str = "") -> str:
 
 def stale(name: str, res: dict, root: Path = ROOT) -> list[str]:
     """Why a result file no longer describes this tree (other weights, other defaults), or []."""
-    from dbtutor.ablate import flat_config
-    from dbtutor.config import load_config
-    from dbtutor.same_run import model_fingerprint
+    from dbtutor.commands.ablate import flat_config
+    from dbtutor.core.config import load_config
+    from dbtutor.models.model_source import model_fingerprint
     s = res.get("settings", {})
     why = []
     if res.get("kind") != name:
@@ -118,7 +118,7 @@ def rerender(root: Path = ROOT) -> list[str]:
         text = path.read_text(encoding="utf-8")
         new = render_text(text, results, rel)
         if new != text:
-            from dbtutor.fileio import write_text
+            from dbtutor.core.fileio import write_text
             write_text(path, new)
             changed.append(rel)
     return changed
@@ -134,7 +134,7 @@ def update(name: str, source: Path, root: Path = ROOT) -> list[str]:
     why = stale(name, res, root)
     if why:
         raise SystemExit(f"{source} cannot go into the docs: {why[0]}")
-    from dbtutor.fileio import atomic_path
+    from dbtutor.core.fileio import atomic_path
     with atomic_path(root / "docs" / "results" / f"{name}.json") as tmp:
         shutil.copyfile(source, tmp)
     return rerender(root)

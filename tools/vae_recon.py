@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from dbtutor.fileio import load_torch
+from dbtutor.core.fileio import load_torch
 from dbtutor.toyworld import judge as J
 from dbtutor.toyworld.models import make_vae
 from dbtutor.toyworld.training import load_set, render_set

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from ..config import ROOT
-from ..errors import ConfigError
-from ..fileio import write_json
-from ..pipeline import sd_layout
+from ..core.config import ROOT
+from ..core.errors import ConfigError
+from ..core.fileio import write_json
+from ..models.pipeline import sd_layout
 from .models import make_pipeline_scheduler
 from .pretrain_stages import stage_latents, stage_unet, stage_vae
 from .tokenizer import prepare_tokenizer

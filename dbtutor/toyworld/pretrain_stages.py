@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..fileio import atomic_path
+from ..core.fileio import atomic_path
 from . import judge as J
 from .models import make_noise_scheduler, make_text_encoder, make_unet, make_vae
 from .names import named_caption, names_by_look, names_without_meaning, world_names

@@ -5,17 +5,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections import Counter
 from pathlib import Path
 
-from ..config import ROOT
-from ..fileio import write_json
-from ..pipeline import load_pipeline, sample
-from ..provenance import provenance, shown_path
-from ..same_run import model_fingerprint
+from ..core.config import ROOT
+from ..core.fileio import write_json
+from ..core.provenance import provenance, shown_path
+from ..models.model_source import model_fingerprint
+from ..models.pipeline import load_pipeline, sample
 from . import judge as J
 from .world import COLORS, LOOKS, OBJECTS, SCENE_PHRASE, SCENES, article
 
@@ -97,7 +96,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     t0 = time.time()
     res = prior_quality(load_pipeline(args.model), J.load_judge(args.judge), steps=args.steps, guidance=args.guidance)
-    from ..plots import save_grid
+    from ..core.figures import save_grid
     grid = res.pop("grid")
     save_grid(grid["color_object"], args.out / "prior_color_object.png", rows=len(OBJECTS),
               row_labels=OBJECTS, col_labels=list(COLORS), title="a photo of a {color} {object}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import save_image, write_text
+from ..core.fileio import save_image, write_text
 from .world import SCENES, render, sample_attrs
 
 SUBJECTS = {

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..fileio import atomic_path, load_torch, save_torch, write_json
+from ..core.fileio import atomic_path, load_torch, save_torch, write_json
 from .world import LOOKS, Attrs, render, sample_attrs
 
 STAGES = ("render", "judge", "vae", "latents", "unet", "export", "names")   # an index seeds each stage's draws: keep the order
