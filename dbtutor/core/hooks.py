@@ -81,4 +81,5 @@ class RunHooks:
             return
         record = {"rank": self.rank, "world_size": self.world, "reg_written": [p.name for p in self.reg_written],
                   "encoded": sum(s.encoded for s in self.sources), "drawn": self.drawn, "validated": validated}
+        Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / f"rank_{self.rank}.json").write_text(json.dumps(record))   # a test's log: no atomic write
