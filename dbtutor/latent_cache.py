@@ -30,8 +30,11 @@ def vae_identity(vae) -> str:
     """A fingerprint of the VAE: its config and a hash of its encoder weights rounded to float16, so that the same
     VAE in float32 and in float16 (a notebook's sampling copy on a GPU, training's float32 one) shares its cache,
     while any other VAE (other config, or weights that differ beyond float16's rounding) gets its own entries.
-    The weights are rounded on the CPU: the fingerprint does not depend on the device either."""
-    h = hashlib.sha256(json.dumps({k: str(v) for k, v in dict(vae.config).items()}, sort_keys=True).encode())
+    The weights are rounded on the CPU: the fingerprint does not depend on the device either. The config's private
+    keys (`_name_or_path`: the folder it was loaded from, `_diffusers_version`) are left out: a moved model folder or
+    a diffusers upgrade keeps the cache."""
+    config = {k: str(v) for k, v in dict(vae.config).items() if not k.startswith("_")}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name, t in sorted(vae.encoder.state_dict().items()) + sorted(vae.quant_conv.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().to("cpu").to(torch.float16).contiguous().numpy().tobytes())

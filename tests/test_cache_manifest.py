@@ -142,6 +142,11 @@ def test_the_vae_in_float16_shares_the_cache_and_another_vae_does_not(images, tm
     one_step = copy.deepcopy(vae)
     w = one_step.encoder.conv_in.weight.data
     w[0, 0, 0, 0] = (w[0, 0, 0, 0].half().view(torch.int16) + 1).view(torch.float16).float()  # next float16 up
+    moved = tmp_path / "moved_model"                    # the same model in another folder: the same entries
+    shutil.copytree(tiny_pipeline_dir, moved)
+    moved_vae = load_pipeline(str(moved)).vae
+    assert moved_vae.config._name_or_path != vae.config._name_or_path
+    assert run(images, cache, moved_vae)[1:] == ([], 5)
     config = copy.deepcopy(vae)
     config.register_to_config(scaling_factor=0.5)
     for other in (one_step, config):

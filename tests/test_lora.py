@@ -60,7 +60,7 @@ def test_stock_diffusers_loads_the_adapters(tiny_config, tiny_pipeline_dir, trai
 @pytest.mark.versions
 def test_lora_checkpoints_hold_only_adapters_and_resume(tiny_config, tmp_path):
     keep = {"trainer.keep_checkpoints": True, "model.train_text_encoder": True}   # adapters in both parts
-    whole = dbtutor.train(lora_cfg(tiny_config, output_dir=str(tmp_path / "whole"), **keep))
+    dbtutor.train(lora_cfg(tiny_config, output_dir=str(tmp_path / "whole"), **keep))
     ckpt = tmp_path / "whole" / "checkpoints" / "step_000004"
     for part, full in (("unet", "unet/diffusion_pytorch_model.safetensors"), ("text_encoder", "text_encoder/model.safetensors")):
         saved = load_file(str(ckpt / f"{part}.safetensors"))
