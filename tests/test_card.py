@@ -119,6 +119,13 @@ def test_push_dry_run_lists_files_offline(tiny_config, monkeypatch, capsys):
     card = dict(P.upload_list(out, "someone/sks-ball"))[CARD].decode()
     assert "pipe.load_lora_weights('someone/sks-ball', weight_name=" in card   # the Hub's card loads the repo
     assert str(out) not in card                                        # nothing points at this machine's folder
+    for name, src in P.upload_list(out, "someone/sks-ball"):           # nor any other text file that is uploaded
+        if name.endswith((".json", ".yaml", ".md", ".txt")):
+            text = src.decode() if isinstance(src, bytes) else src.read_text()
+            assert str(out.parent) not in text and str(ROOT) not in text, name
+    shared = yaml.safe_load(dict(P.upload_list(out, "someone/sks-ball"))["dreambooth.yaml"].decode())
+    assert shared["output_dir"] == "." and shared["model"]["data"]["regularization_dir"] == "reg"
+    assert shared["model"]["data"]["instance_dir"] == "${root:}/" + SUBJECT.relative_to(ROOT).as_posix()
 
     def no_hub(*a, **k):
         raise AssertionError("a dry run or a refused push must not reach the Hub")

@@ -3,7 +3,8 @@
 huggingface_hub (installed with diffusers) is imported only here, and only for a real upload: `--dry-run` lists
 what would be uploaded, with sizes, without a token or the network. Left out: the hidden parts of a run (an
 interrupted save, locks), the latent cache and training checkpoints, and eval.json/eval.png unless they measured
-this very run. The model card is rewritten for the Hub: its code loads the repo id instead of the local folder.
+this very run. The model card is rewritten for the Hub: its code loads the repo id instead of the local folder, and
+dreambooth.yaml names no folder of this machine (see shared_config).
 """
 from __future__ import annotations
 
@@ -38,8 +39,35 @@ def upload_list(run, repo_id: str) -> list[tuple[str, Path | bytes]]:
         cfg = OmegaConf.load(run / "dreambooth.yaml")
         card = card_text(run, cfg, json.loads((run / "history.json").read_text()), _evaluation(run), name=repo_id,
                          samples=(run / SAMPLES).exists(), hub=True)
-        files = [f for f in files if f[0] != CARD] + [(CARD, card.encode("utf-8"))]
+        files = [f for f in files if f[0] not in (CARD, "dreambooth.yaml")] + [
+            (CARD, card.encode("utf-8")), ("dreambooth.yaml", shared_config(cfg, run).encode("utf-8"))]
     return sorted(files, key=lambda f: f[0])
+
+
+def shared_config(cfg, run: Path) -> str:
+    """The run's config as the Hub gets it: a path in the run relative to it ('.'), a path in the project as the
+    project's configs write it (${root:}/data/...), any other absolute path by its last name only."""
+    from omegaconf import OmegaConf
+
+    from ..core.config import ROOT
+    run, root = Path(run).resolve(), ROOT.resolve()
+
+    def shared(value):
+        if isinstance(value, dict):
+            return {k: shared(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [shared(v) for v in value]
+        if not isinstance(value, str) or not Path(value).expanduser().is_absolute():
+            return value
+        path = Path(value).expanduser().resolve()
+        if path.is_relative_to(run):
+            return path.relative_to(run).as_posix()              # '.' for the run itself
+        if path.is_relative_to(root):
+            return "${root:}/" + path.relative_to(root).as_posix()
+        return path.name
+    text = OmegaConf.to_yaml(OmegaConf.create(shared(OmegaConf.to_container(cfg, resolve=False))))
+    return ("# dbtutor's config of this run. Paths: in the run relative to its folder, in a dbtutor checkout as\n"
+            "# ${root:}/..., anything else by its folder's name only (it was on the author's machine).\n" + text)
 
 
 def _size(src) -> int:
