@@ -202,3 +202,12 @@ print(json.dumps({{"variant": c.overrides["model.variant"], "dtype": str(run.pip
     assert sorted(got["scores"]) == ["0", "2"]
     for step, scores in got["scores"].items():
         assert set(scores) == set(got["prompts"]) and all(set(s) == {"dino"} for s in scores.values()), step
+    # the run's card loads it the same way: the adapters onto the base model's fp16 files, the only ones in the cache
+    run = tmp_path / "work" / "runs"
+    card = next(run.rglob("README.md"))
+    code = card.read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    assert "variant='fp16'" in code
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
+                       cwd=card.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (card.parent / "sample.png").exists()

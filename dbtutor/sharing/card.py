@@ -167,7 +167,9 @@ def _load_code(cfg, run: str, kind: str, base: str, note: str, local: bool) -> s
     if s.scheduler in SCHEDULER_CLASSES:
         lines[-1] += f", {SCHEDULER_CLASSES[s.scheduler]}"
     if kind == "lora":
-        lines += [f"pipe = StableDiffusionPipeline.from_pretrained({base!r}){note or '   # the base model'}",
+        variant = (f", variant={cfg.model.variant!r}, torch_dtype=torch.float32"   # its smaller files, as training
+                   if cfg.model.get("variant") else "")                             # read them: in float32
+        lines += [f"pipe = StableDiffusionPipeline.from_pretrained({base!r}{variant}){note or '   # the base model'}",
                   f"pipe.load_lora_weights({run!r}, weight_name={WEIGHT_NAME!r})"]
     else:
         lines += [f"pipe = StableDiffusionPipeline.from_pretrained({run!r})"]
