@@ -56,6 +56,7 @@ MAX_STEPS = None          # trainer.max_steps: training steps of every run (toy 
 NUM_REG_IMAGES = None     # model.data.num_reg_images: class images (toy 200, sd15 50)
 PRIOR_LOSS_WEIGHT = None  # model.prior_loss_weight, λ (toy 1.0, sd15 1.0)
 LR = None                 # optim.lr (toy 0.0001, sd15 by GPU)
+LORA_RANK = None          # model.lora.rank, LoRA; 0: the whole UNet, on a GPU only if set here (toy 0, sd15 16)
 # this notebook
 SAMPLES_PER_PROMPT = None # images per prompt in the grids (toy 8, sd15 4)
 VALIDATION_EVERY = None   # trainer.validation.every: samples along the way (toy 100, sd15 200)
@@ -65,7 +66,7 @@ LOOP_STEPS = 20           # steps of the loop written by hand in section 2
 from dbtutor import course
 
 C = course.setup(PROFILE, WORK_ON_DRIVE, SUBJECT_DIR, CLASS_NOUN, max_steps=MAX_STEPS,
-                 prior_loss_weight=PRIOR_LOSS_WEIGHT, lr=LR, num_reg_images=NUM_REG_IMAGES,
+                 prior_loss_weight=PRIOR_LOSS_WEIGHT, lr=LR, num_reg_images=NUM_REG_IMAGES, lora_rank=LORA_RANK,
                  samples_per_prompt=SAMPLES_PER_PROMPT, validation_every=VALIDATION_EVERY)
 
 # %% [markdown]

@@ -268,7 +268,7 @@ print(f"prompts {sd.instance_prompt!r} / {sd.class_prompt!r}; on {sd.device}, tr
 # On a GPU the course trains LoRA on every card (adapters of a few MB to keep, and room to spare on a 16 GB T4),
 # with the precision and gradient checkpointing `dbtutor.models.memory.gpu_settings(kind="lora")` picks for the card, and
 # fetches SD v1.5's fp16 files (`model.variant`, half the download). Full fine-tuning only when asked
-# (`lora_rank=0`, e.g. `DBTUTOR_NB_LORA_RANK=0`): then the full fine-tuning setting that fits (on a T4: gradient
+# (`LORA_RANK = 0` in 05's parameters, kept for 06 and 07, or `DBTUTOR_NB_LORA_RANK=0`): then the full fine-tuning setting that fits (on a T4: gradient
 # checkpointing and 8-bit AdamW, `pip install 'dbtutor[gpu]'`). The command line's `gpu_settings()` prefers full
 # fine-tuning wherever it fits. The estimates (weights, gradients, optimizer state counted; activations measured
 # at 512 px with SD v1.5's architecture on a CPU; not measured on a GPU):

@@ -61,6 +61,10 @@ def test_full_fine_tuning_when_asked_takes_the_setting_that_fits(t4, bnb, monkey
     monkeypatch.delenv("DBTUTOR_NB_LORA_RANK")
     lora_te = course.settings("sd15", train_text_encoder=True)   # LoRA with the text encoder's adapters
     assert (lora_te.lora_rank, lora_te.lr, lora_te.use_8bit_adam) == (16, 1e-4, False)
+    # 05's parameters cell (LORA_RANK = 0): kept for 06 and 07, which leave it at None
+    assert course.setup("sd15", lora_rank=0).lora_rank == 0
+    later = course.setup(None, lora_rank=None)
+    assert (later.profile, later.lora_rank, later.lr) == ("sd15", 0, 5e-6)
 
 
 def weight_keys(folder) -> dict:
