@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,12 @@ def tiny_encoders(tmp_path_factory):
 
 
 HUB_COMMIT = "f" * 40
+
+
+def card_code(run) -> str:
+    """The diffusers code of the run's model card, as a user would paste it."""
+    text = (Path(run) / "README.md").read_text()
+    return re.search(r"## Use it with diffusers\n\n```python\n(.*?)```", text, re.S)[1]
 
 
 def fake_hub_cache(hf_home: Path, folder: Path, repo: str) -> Path:

@@ -116,14 +116,15 @@ def test_push_dry_run_lists_files_offline(tiny_config, monkeypatch, capsys):
     assert not any(n.startswith(("checkpoints/", "latents/", ".")) or n == "eval.json" for n in names)
     sizes = dict((line.split()[-1], int(line.split()[0].replace(",", ""))) for line in printed.splitlines()[1:])
     assert sizes[WEIGHT_NAME] == (out / WEIGHT_NAME).stat().st_size
-    card = dict(P.upload_list(out, "someone/sks-ball"))[CARD].decode()
+    uploaded = P.upload_list(out, "someone/sks-ball")
+    card = dict(uploaded)[CARD].decode()
     assert "pipe.load_lora_weights('someone/sks-ball', weight_name=" in card   # the Hub's card loads the repo
     assert str(out) not in card                                        # nothing points at this machine's folder
-    for name, src in P.upload_list(out, "someone/sks-ball"):           # nor any other text file that is uploaded
+    for name, src in uploaded:                                         # nor any other text file that is uploaded
         if name.endswith((".json", ".yaml", ".md", ".txt")):
             text = src.decode() if isinstance(src, bytes) else src.read_text()
             assert str(out.parent) not in text and str(ROOT) not in text, name
-    shared = yaml.safe_load(dict(P.upload_list(out, "someone/sks-ball"))["dreambooth.yaml"].decode())
+    shared = yaml.safe_load(dict(uploaded)["dreambooth.yaml"].decode())
     assert shared["output_dir"] == "." and shared["model"]["data"]["regularization_dir"] == "reg"
     assert shared["model"]["data"]["instance_dir"] == "${root:}/" + SUBJECT.relative_to(ROOT).as_posix()
 

@@ -64,10 +64,15 @@ class Spy:
                     self.wrong.append((rec["step"], name, pname, p.dtype))
 
 
+def one_layout(state: dict) -> dict:
+    """Tensor names without the text encoder's `text_model.` (transformers 4.x keeps it in state_dict, 5.x and
+    the saved files' SD layout do not; LoRA's `.base_layer` as the plain layer)."""
+    return {k.replace(".base_layer", "").removeprefix("text_model."): v for k, v in state.items()}
+
+
 def base_state(folder) -> dict:
     pipe = dbtutor.load_pipeline(str(folder))
-    return {n: {k.removeprefix("text_model."): v for k, v in getattr(pipe, n).state_dict().items()}   # one key
-            for n in PARTS}                           # layout whatever transformers' version (4.x keeps text_model.)
+    return {n: one_layout(getattr(pipe, n).state_dict()) for n in PARTS}
 
 
 def saved_tensors(folder: Path) -> dict:
@@ -113,7 +118,7 @@ def test_training_takes_the_cuda_path(rank, base, tiny_config, tiny_pipeline_dir
     # the frozen weights put back bit-identical to the base model's (LoRA: the UNet's base under the adapters)
     before = base_state(folder)
     for name in sorted(frozen):
-        after = {k.replace(".base_layer", "").removeprefix("text_model."): v for k, v in spy.restored[name].items() if "lora_" not in k}
+        after = one_layout({k: v for k, v in spy.restored[name].items() if "lora_" not in k})
         assert after.keys() == before[name].keys()
         assert all(v.dtype == torch.float32 and torch.equal(v, before[name][k]) for k, v in after.items()), name
     # validation samples at steps 0, 2, 4
@@ -124,7 +129,7 @@ def test_training_takes_the_cuda_path(rank, base, tiny_config, tiny_pipeline_dir
     assert saved and all(t.dtype == torch.float32 for f in saved.values() for t in f.values())
     for name in ("text_encoder", "vae"):
         (file,) = [f for k, f in saved.items() if k.startswith(name + "/")]
-        file = {k.removeprefix("text_model."): t for k, t in file.items()}      # saved in SD's key layout
+        file = one_layout(file)
         assert file.keys() == before[name].keys() and all(torch.equal(t, before[name][k]) for k, t in file.items())
     assert all(p.dtype == torch.float32 for n in PARTS for p in getattr(res.pipe, n).parameters())
 

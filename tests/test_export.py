@@ -17,7 +17,7 @@ from dbtutor.core.errors import ConfigError, DataError
 from dbtutor.sharing.export import NotStableDiffusion, export
 from dbtutor.models.lora import WEIGHT_NAME, load_lora
 
-from conftest import ROOT, SUBJECT
+from conftest import ROOT, SUBJECT, card_code
 
 PROMPTS = ["a photo of sks ball", "a photo of a ball"]
 # the published SD v1.5 checkpoint has these many UNet and VAE tensors; the small variant has the same names
@@ -255,12 +255,6 @@ for i, (folder, code) in enumerate(zip(sys.argv[1::2], sys.argv[2::2])):
     exec(code, {})
     os.replace("sample.png", os.path.join(out, f"{i}.png"))
 """
-
-
-def card_code(run) -> str:
-    """The diffusers code of the run's model card, as a user would paste it."""
-    text = (Path(run) / "README.md").read_text()
-    return re.search(r"## Use it with diffusers\n\n```python\n(.*?)```", text, re.S)[1]
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from conftest import DOG6, ROOT, fake_hub_cache, save_tiny_encoders
+from conftest import DOG6, ROOT, card_code, fake_hub_cache, save_tiny_encoders
 from dbtutor import course
 from dbtutor.models.lora import WEIGHT_NAME
 
@@ -209,7 +209,7 @@ print(json.dumps({{"variant": c.overrides["model.variant"], "dtype": str(run.pip
     # the run's card loads it the same way: the adapters onto the base model's fp16 files, the only ones in the cache
     run = tmp_path / "work" / "runs"
     card = next(run.rglob("README.md"))
-    code = card.read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    code = card_code(card.parent)
     assert "variant='fp16'" in code
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
                        cwd=card.parent)

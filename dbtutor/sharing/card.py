@@ -2,9 +2,9 @@
 
 Written into every saved run (checkpoint.save_pipeline, atomic with the pipeline) from the run's own
 dreambooth.yaml and history.json, with a small sample grid (samples.png), the evaluation's numbers once
-`dbtutor eval` has measured this very run (eval.json carries the run's stamp), how to load it in diffusers and the
-web UIs, the base model's license. huggingface_hub's ModelCard/ModelCardData write the header, as diffusers'
-training scripts do. A card names no folder of this machine: its code runs in the run's folder
+`dbtutor eval` has measured this very run (eval.json carries the run's stamp), how to load the run in diffusers
+and in the web UIs, and the base model's license. huggingface_hub's ModelCard and ModelCardData write the header,
+as diffusers' training scripts do. A card names no folder of this machine: its code runs in the run's folder
 (paths relative to it, like the card's own links) or, on the Hub, loads the repo id; the base model goes by its
 hub id, else its path in the project (data/models/toyworld). Nothing here needs the merged pipeline of a LoRA run.
 """
@@ -25,8 +25,9 @@ from ..core.config import ROOT
 CARD, SAMPLES, EVAL = "README.md", "samples.png", "eval.json"
 TOY = ROOT / "data" / "models" / "toyworld"
 # hub ids whose card says so; anything else: the local card's `license:`, else "see the base model's card"
-LICENSES = {**{f"{org}/stable-diffusion-v1-{v}": "creativeml-openrail-m" for org, v in (
-                *(("CompVis", v) for v in (1, 2, 3, 4)), ("runwayml", 5), ("stable-diffusion-v1-5", 5))},
+LICENSES = {**{f"{org}/stable-diffusion-v1-{v}": "creativeml-openrail-m"
+               for org, v in (("CompVis", 1), ("CompVis", 2), ("CompVis", 3), ("CompVis", 4), ("runwayml", 5),
+                              ("stable-diffusion-v1-5", 5))},
             **{f"stabilityai/stable-diffusion-2{v}": "openrail++" for v in ("", "-base", "-1", "-1-base")}}
 LICENSE_TEXT = {"mit": "MIT (the dbtutor project's license)",
                 "creativeml-openrail-m": "CreativeML OpenRAIL-M: https://huggingface.co/spaces/CompVis/stable-diffusion-license",
@@ -164,9 +165,8 @@ def _load_code(cfg, run: str, kind: str, base: str, note: str, local: bool) -> s
     lines += ["import torch", "from diffusers import StableDiffusionPipeline"]
     if s.scheduler in SCHEDULER_CLASSES:
         lines[-1] += f", {SCHEDULER_CLASSES[s.scheduler]}"
-    if kind == "lora":
-        v = cfg.model.get("variant")              # the base's smaller files, read in float32 as training read them
-        variant = f", variant={v!r}, torch_dtype=torch.float32" if v else ""
+    if kind == "lora":     # the base from the files the run trained on (model.variant), in float32 as training read them
+        variant = f", variant={cfg.model.variant!r}, torch_dtype=torch.float32" if cfg.model.get("variant") else ""
         lines += [f"pipe = StableDiffusionPipeline.from_pretrained({base!r}{variant}){note or '   # the base model'}",
                   f"pipe.load_lora_weights({run!r}, weight_name={WEIGHT_NAME!r})"]
     else:
